@@ -1,0 +1,55 @@
+# Every target sets up .venv by itself from a fresh clone (only Python 3.11 needed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# The CPU wheel of torch that the benchmarks compare against (a plain
+# `pip install torch` would fetch a multi-GB CUDA build).
+TORCH ?= torch==2.13.0
+
+.PHONY: test test-all lint bench docs reproduce reproduce-all clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.test: pyproject.toml | $(PY)
+	$(PIP) install -e ".[test]"
+	@touch $@
+
+$(VENV)/.docs: pyproject.toml | $(PY)
+	$(PIP) install -e ".[docs]"
+	@touch $@
+
+$(VENV)/.bench: pyproject.toml | $(VENV)/.test
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e ".[test,bench]"
+	@touch $@
+
+$(VENV)/.experiments: pyproject.toml | $(PY)
+	$(PIP) install -e ".[experiments]"
+	@touch $@
+
+test: $(VENV)/.test
+	$(PY) -m pytest -n 2 -q
+
+test-all: $(VENV)/.test
+	$(PY) -m pytest -n 2 -q -m "slow or not slow"
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.bench
+	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f; done
+
+docs: $(VENV)/.docs
+	$(VENV)/bin/mkdocs build --strict
+
+reproduce: $(VENV)/.experiments
+	@echo "make reproduce: the Deep Compression pipeline (experiments/) is not there yet"; exit 1
+
+reproduce-all: $(VENV)/.experiments
+	@echo "make reproduce-all: the Deep Compression pipeline (experiments/) is not there yet"; exit 1
+
+clean:
+	rm -rf $(VENV) site .pytest_cache
