@@ -129,9 +129,12 @@ def _pack_stream(sym: np.ndarray, lens: np.ndarray, codes: np.ndarray):
     starts = ends - ln
     offset = (starts & 63).astype(np.uint64)
     first = v >> offset
-    # codes are at most MAX_LEN < 64 bits long, so a symbol starts in every word
+    # codes are at most MAX_LEN < 64 bits long, so a symbol starts in every
+    # word but perhaps the last, which may hold only the tail of a spilled code
     group = np.searchsorted(starts, np.arange(0, total, 64))
-    words = np.bitwise_or.reduceat(first, group)
+    words = np.zeros(len(group), np.uint64)
+    nstart = int(np.count_nonzero(group < len(sym)))
+    words[:nstart] = np.bitwise_or.reduceat(first, group[:nstart])
     spill = np.flatnonzero(starts & 63 > 64 - ln)
     if len(spill):
         words[(starts[spill] >> 6) + 1] |= v[spill] << (np.uint64(64) - offset[spill])
