@@ -78,7 +78,8 @@ def encode(sym: np.ndarray, alphabet: int, width: int) -> bytes:
     padded[:n] = sym
     padded = padded.reshape(steps, lanes)
     # per-symbol quantities gathered once for all steps; states fit uint32
-    xmax_t = (freq << (32 - PRECISION)).astype(np.uint64)[padded]
+    # flush while x >= f << 16, i.e. x > (f << 16) - 1, which fits uint32
+    xtop_t = ((freq << (32 - PRECISION)) - 1).clip(0).astype(np.uint32)[padded]
     f_t = freq.astype(np.uint32)[padded]
     cum_t = cum.astype(np.uint32)[padded]
     x = np.full(lanes, _L, np.uint32)
@@ -89,10 +90,10 @@ def encode(sym: np.ndarray, alphabet: int, width: int) -> bytes:
         k = lanes if t < steps - 1 else last
         xs = x[:k]
         before[t, :k] = xs
-        xs = np.where(xs >= xmax_t[t, :k], xs >> sixteen, xs)
+        np.right_shift(xs, sixteen, out=xs, where=xs > xtop_t[t, :k])
         q, rem = np.divmod(xs, f_t[t, :k])
         x[:k] = (q << sixteen) + rem + cum_t[t, :k]
-    flush = before >= xmax_t
+    flush = before > xtop_t
     if last < lanes:
         flush[-1, last:] = False
     used = np.flatnonzero(freq)
@@ -155,19 +156,21 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     cum = np.concatenate([[0], np.cumsum(freq)[:-1]])
     slot = np.arange(_M)
     # x -> f[s] * (x >> 16) + (slot - cum[s]) with s the symbol owning the slot
-    mul = freq[slot_sym].astype(np.uint64)
-    add = (slot - cum[slot_sym]).astype(np.uint64)
-    out = np.empty((steps, lanes), np.int64)
+    mul = freq[slot_sym].astype(np.uint32)
+    add = (slot - cum[slot_sym]).astype(np.uint32)
+    # every state stays below 2**32: f * (x >> 16) + (slot - cum) < f * 2**16
+    state = state.astype(np.uint32)
+    stream = stream.astype(np.uint32)
+    out = np.empty((steps, lanes), np.uint32)
     last = count - (steps - 1) * lanes
     ptr = 0
-    low = np.uint64(_M - 1)
-    sixteen = np.uint64(16)
-    bound = np.uint64(_L)
+    low = np.uint32(_M - 1)
+    sixteen = np.uint32(16)
+    bound = np.uint32(_L)
     for t in range(steps):
         k = lanes if t < steps - 1 else last
         xs = state[:k]
-        sl = xs & low
-        out[t, :k] = sl
+        sl = np.bitwise_and(xs, low, out=out[t, :k])
         xs = mul[sl] * (xs >> sixteen) + add[sl]
         need = xs < bound
         c = int(np.count_nonzero(need))
