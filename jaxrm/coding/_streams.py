@@ -18,7 +18,8 @@ MAX_ENTROPY_ALPHABET = 1 << 17
 def _codec_for(codec: str, counts: np.ndarray | None, alphabet: int) -> str:
     if codec == "fixed" or alphabet > MAX_ENTROPY_ALPHABET:
         return "fixed"
-    if codec == "ans" and counts is not None and np.count_nonzero(counts) > (1 << 15):
+    # rANS quantizes probabilities to 2**16: with many symbols Huffman codes better
+    if codec == "ans" and counts is not None and np.count_nonzero(counts) > 4096:
         return "huffman"
     return codec
 
@@ -71,8 +72,10 @@ def estimate_bits(counts: np.ndarray, codec: str) -> float:
         return float(n * width)
     used = int(np.count_nonzero(counts))
     table = min(alphabet * 5, used * (width + 5)) + 80
-    if codec == "huffman":
-        return float((counts * _huffman.code_lengths(counts)).sum()) + table
     c = counts[counts > 0].astype(np.float64)
     entropy = float(-(c * np.log2(c / n)).sum())
+    if codec == "huffman":
+        if used > 4096:  # building the code is slow here; Huffman is near the entropy
+            return entropy + 0.03 * n + table
+        return float((counts * _huffman.code_lengths(counts)).sum()) + table
     return entropy * 1.004 + table * 3
