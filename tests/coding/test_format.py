@@ -44,7 +44,7 @@ leaf_specs = st.tuples(
 )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     st.integers(0, 2**32 - 1),
     st.lists(leaf_specs, min_size=1, max_size=4),
