@@ -32,6 +32,13 @@ def per_leaf(
     """
     if scalar(value):
         return lambda path, leaf: value
+    if isinstance(value, bool | float | complex | str | np.number) or (
+        jtree.is_array(value) and not isinstance(params, type(value))
+    ):
+        raise TypeError(
+            f"{argument} must be an int, a pytree of the parameters' structure or a "
+            f"callable (path, leaf) -> value, got {value!r}"
+        )
     if callable(value):
         return value
     jtree.check_matches(params, value, argument, shapes=False)

@@ -96,22 +96,35 @@ def _calibrated_range(x, bits, symmetric, red, calibration, percentile):
     return best * lo, best * hi
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
-def _quantize(x, bits, symmetric, axis, calibration, percentile):
-    dtype = str(x.dtype)
+@functools.partial(
+    jax.jit, static_argnames=("symmetric", "axis", "calibration", "percentile", "wide")
+)
+def _quantize_arrays(x, bits, *, symmetric, axis, calibration, percentile, wide):
+    # ``bits`` is traced so that one compilation serves every bit width of a
+    # storage dtype (``wide``: 16-bit storage).
     xf = x.astype(_compute_dtype(x.dtype))
     red = _reduce_axes(xf.ndim, axis)
     lo, hi = _calibrated_range(xf, bits, symmetric, red, calibration, percentile)
     scale, zero_point = _scale_zero_point(lo, hi, bits, symmetric)
-    values = _levels(xf, scale, zero_point, bits, symmetric).astype(storage_dtype(bits, symmetric))
-    return QArray(
-        values=values,
-        scale=scale.astype(jnp.float32),
-        zero_point=zero_point.astype(jnp.float32),
-        bits=bits,
-        axis=axis,
-        dtype=dtype,
+    values = _levels(xf, scale, zero_point, bits, symmetric)
+    return (
+        values.astype(storage_dtype(16 if wide else 8, symmetric)),
+        scale.astype(jnp.float32),
+        zero_point.astype(jnp.float32),
     )
+
+
+def _quantize(x, bits, symmetric, axis, calibration, percentile):
+    values, scale, zero_point = _quantize_arrays(
+        x,
+        jnp.int32(bits),
+        symmetric=symmetric,
+        axis=axis,
+        calibration=calibration,
+        percentile=percentile,
+        wide=bits > 8,
+    )
+    return QArray(values, scale, zero_point, bits=bits, axis=axis, dtype=str(x.dtype))
 
 
 def _check_percentile(percentile: Any) -> float:
@@ -246,20 +259,27 @@ def fake_quant(
     ax = _common.check_axis("x", x, axis)
     if zero_point is not None and symmetric:
         raise ValueError("zero_point is only used with symmetric=False")
+    if scale is not None:
+        scale = jnp.asarray(scale)
+        zero_point = jnp.zeros(()) if zero_point is None else jnp.asarray(zero_point)
+    return _fake_quant(x, jnp.int32(bits), scale, zero_point, symmetric=symmetric, axis=ax)
+
+
+@functools.partial(jax.jit, static_argnames=("symmetric", "axis"))
+def _fake_quant(x, bits, scale, zero_point, *, symmetric, axis):
     xf = x.astype(_compute_dtype(x.dtype))
     if scale is None:
-        lo, hi = _minmax(jax.lax.stop_gradient(xf), symmetric, _reduce_axes(xf.ndim, ax))
+        lo, hi = _minmax(jax.lax.stop_gradient(xf), symmetric, _reduce_axes(xf.ndim, axis))
         s, zp = _scale_zero_point(lo, hi, bits, symmetric)
     else:
-        s = jnp.asarray(scale, xf.dtype)
-        zp = jnp.zeros((), xf.dtype) if zero_point is None else jnp.asarray(zero_point, xf.dtype)
+        s, zp = scale.astype(xf.dtype), zero_point.astype(xf.dtype)
     s = jax.lax.stop_gradient(s)
     zp = jax.lax.stop_gradient(zp)
     qmin, qmax = grid(bits, symmetric)
     level = jnp.round(xf / s) + zp
     inside = (level >= qmin) & (level <= qmax)
     xq = (jnp.clip(level, qmin, qmax) - zp) * s
-    # Value of xq, gradient 1 inside the grid's range and 0 where clipped.
+    # The value of xq; the gradient is 1 inside the grid's range and 0 where clipped.
     out = jax.lax.stop_gradient(xq) + jnp.where(inside, xf - jax.lax.stop_gradient(xf), 0)
     return out.astype(x.dtype)
 
