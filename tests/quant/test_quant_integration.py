@@ -98,3 +98,17 @@ def test_nnx_state():
         lambda t: jnp.sum(nnx.merge(graphdef, quant.dequantize(quant.combine(t, frozen)))(x))
     )(train)
     assert grads["l1"]["kernel"].get_value().centroids.shape == (64,)
+
+
+def test_quantized_leaves_pass_through_jit_and_tree_map():
+    tree = _quantized_tree()
+    through = jax.jit(lambda t: t)(tree)
+    chex.assert_trees_all_equal(through, tree)
+    assert through["a"]["kernel"].axis == 1 and through["c"]["kernel"].bits == 3
+    doubled = jax.tree.map(lambda a: a, tree)
+    assert jax.tree.structure(doubled) == jax.tree.structure(tree)
+    cb = tree["b"]["kernel"]
+    moved = cb.replace(centroids=cb.centroids + 1.0)
+    np.testing.assert_allclose(
+        np.asarray(moved.dequantize()), np.asarray(cb.dequantize()) + 1.0, rtol=1e-6
+    )
