@@ -137,7 +137,8 @@ class Residual:
         ``"constant"`` or ``"literal"``.
       source: where it comes from: the argument's position and path
         (``"argument 0/Dense_0/kernel"``)
-        or the primitive and source line that produced it.
+        or the primitive and source line that produced it
+        (``"output of dot_general at model.py:12 (layer)"``).
       name: the ``checkpoint_name`` tag of the value, if any.
     """
 
@@ -150,7 +151,7 @@ class Residual:
 
     def __str__(self) -> str:
         short = np.dtype(self.dtype).name
-        return f"{short}{list(self.shape)} {self.nbytes} B {self.kind}: {self.source}"
+        return f"{short}{list(self.shape)} {self.nbytes:,} B  {self.source}"
 
 
 def _summarize(source_info: Any) -> str:
@@ -229,7 +230,7 @@ def residuals(fn: Callable[..., Any], *args: Any) -> list[Residual]:
             prim = eqn.primitive.name
             if prim in ("jit", "pjit"):
                 prim = f"jitted function {eqn.params.get('name')!r}"
-            source = f"named {name!r} from {where}" if name else f"{prim} at {where}"
+            source = f"named {name!r} at {where}" if name else f"output of {prim} at {where}"
             out.append(Residual(shape, dtype, size, "intermediate", source, name))
     return out
 

@@ -42,6 +42,9 @@ class MemoryReport:
       code_bytes: the generated code.
       total_bytes: the peak estimate ``argument + output + temp - alias + code``.
       peak_bytes: the compiler's own peak figure when it reports one, else None.
+      host_bytes: bytes in host memory (arguments, outputs and temporaries
+        placed in pinned host memory, e.g. by the ``"offload_dots"`` policy);
+        not part of ``total_bytes``.
       residual_bytes: bytes a backward pass of ``loss`` (or of the function)
         saves, arguments excluded (see :func:`residual_bytes`); None when not
         asked for or the function cannot be differentiated.
@@ -60,6 +63,7 @@ class MemoryReport:
     code_bytes: int
     total_bytes: int
     peak_bytes: int | None = None
+    host_bytes: int = 0
     residual_bytes: int | None = None
     flops: float | None = None
     params_bytes: int | None = None
@@ -83,6 +87,8 @@ class MemoryReport:
         ]
         if self.peak_bytes is not None:
             rows.append(("compiler peak", self.peak_bytes))
+        if self.host_bytes:
+            rows.append(("host memory (offloaded)", self.host_bytes))
         for label, value in (
             ("residuals for backward", self.residual_bytes),
             ("parameters", self.params_bytes),
@@ -134,6 +140,12 @@ def compiled_report(compiled: Any, **extra: Any) -> MemoryReport:
     alias = _stat(stats, "alias_size_in_bytes")
     code = _stat(stats, "generated_code_size_in_bytes")
     peak = _stat(stats, "peak_memory_in_bytes") or None
+    host = (
+        _stat(stats, "host_argument_size_in_bytes")
+        + _stat(stats, "host_output_size_in_bytes")
+        + _stat(stats, "host_temp_size_in_bytes")
+        - _stat(stats, "host_alias_size_in_bytes")
+    )
     platform = "unknown"
     try:
         platform = next(iter(compiled.input_shardings[0][0].device_set)).platform
@@ -147,6 +159,7 @@ def compiled_report(compiled: Any, **extra: Any) -> MemoryReport:
         code_bytes=code,
         total_bytes=arg + out + temp - alias + code,
         peak_bytes=peak,
+        host_bytes=host,
         flops=_flops(compiled),
         platform=platform,
         **extra,
