@@ -100,10 +100,10 @@ def policies_table():
     print(f"16-layer residual MLP, d={D}, hidden={HIDDEN}; memory at batch {MEM_BATCH}, "
           f"step time at batch {TIME_BATCH} (gradient, scanned)")
     print(f"{'policy':<14} {'scan temp MiB':>14} {'scan total MiB':>15} "
-          f"{'unrolled resid. MiB':>20} {'step ms':>9} {'time / none':>12}")
+          f"{'unrolled resid. MiB':>20} {'flops / none':>13} {'step ms':>9} {'time / none':>12}")
     for p, rep, res, t in rows:
         print(f"{p:<14} {mib(rep.temp_bytes):>14} {mib(rep.total_bytes):>15} {mib(res):>20} "
-              f"{t * 1e3:9.1f} {t / base_t:12.2f}")
+              f"{rep.flops / rows[0][1].flops:13.2f} {t * 1e3:9.1f} {t / base_t:12.2f}")
     by = {p: (rep, res) for p, rep, res, _ in rows}
     temp_ratio = by["none"][0].temp_bytes / by["full"][0].temp_bytes
     res_ratio = by["none"][1] / max(by["full"][1], 1)
