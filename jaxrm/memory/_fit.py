@@ -57,7 +57,9 @@ def fit_batch(
     Doubles the batch from ``start`` until the report of ``build(batch)`` no
     longer fits, then bisects between the last fit and the first miss. Only
     compiles (``jax.ShapeDtypeStruct`` arguments suffice): nothing runs out of
-    memory to find out. Memory is assumed to grow with the batch size.
+    memory to find out. Memory is assumed to grow with the batch size (some
+    compilers special-case batch 1; pass ``start=2`` or more if its report
+    looks out of line).
 
     Args:
       build: ``build(batch_size) -> (fn, args)``, the step to measure.

@@ -84,6 +84,9 @@ def policy(name: str | Callable[..., Any]) -> Callable[..., Any]:
     return POLICIES[name]
 
 
+_policy_of = policy  # remat's ``policy`` argument shadows the function
+
+
 def remat(
     fn: Callable[..., Any],
     policy: str | Callable[..., Any] = "full",
@@ -116,7 +119,7 @@ def remat(
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if isinstance(policy, str) and policy == "none":
         return fn
-    chosen = globals()["policy"](policy)
+    chosen = _policy_of(policy)
     if isinstance(static_argnums, int):
         static_argnums = (static_argnums,)
     return jax.checkpoint(

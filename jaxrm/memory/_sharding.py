@@ -16,7 +16,7 @@ from jaxrm.tree import is_array, path_str
 __all__ = ["Rules", "data_sharding", "fsdp", "mesh", "per_device_bytes", "rules", "shard"]
 
 
-def mesh(devices: Sequence[Any] | None = None, **axis_sizes: int) -> Mesh:
+def mesh(*, devices: Sequence[Any] | None = None, **axis_sizes: int) -> Mesh:
     """Returns a device mesh with the given named axes, e.g. ``mesh(data=2, fsdp=4)``.
 
     Args:

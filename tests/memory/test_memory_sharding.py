@@ -37,23 +37,19 @@ def run_script(name, *args, timeout=300):
     )
 
 
-@pytest.fixture(scope="module")
-def eight_device_results():
+def test_sharding_on_eight_simulated_devices():
+    # one subprocess for all checks (also under pytest-xdist): JAX startup dominates
     proc = run_script("_eight_devices.py")
     results = {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             r = json.loads(line)
             results[r["check"]] = r
-    assert results, f"no results (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return results
-
-
-@pytest.mark.parametrize("name", EIGHT_DEVICE_CHECKS)
-def test_on_eight_devices(eight_device_results, name):
-    assert name in eight_device_results, f"{name} did not run"
-    r = eight_device_results[name]
-    assert r["ok"], r["error"]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    missing = [c for c in EIGHT_DEVICE_CHECKS if c not in results]
+    assert not missing, f"checks that did not run: {missing}\n{proc.stderr[-4000:]}"
+    failed = {c: r["error"] for c, r in results.items() if not r["ok"]}
+    assert not failed, "\n".join(f"--- {c}\n{e}" for c, e in failed.items())
 
 
 def test_mesh_rejects_sizes_that_do_not_match_the_devices():
