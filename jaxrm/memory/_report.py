@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -179,6 +179,7 @@ def report(
     fn: Callable[..., Any],
     *args: Any,
     loss: Callable[..., Any] | None = None,
+    loss_args: Sequence[Any] | None = None,
     residuals: bool = True,
     params: Any = None,
     opt_state: Any = None,
@@ -198,9 +199,13 @@ def report(
       fn: the function to measure, typically a whole training step.
       *args: its arguments (arrays or ``jax.ShapeDtypeStruct`` pytrees).
       loss: the function whose backward-pass residuals ``residual_bytes``
-        counts (called with ``args``); defaults to ``fn``.
-      residuals: count residual bytes (one extra trace); if ``False`` or the
-        function cannot be differentiated, ``residual_bytes`` is None.
+        counts; give it when ``fn`` is a training step (the residuals of the
+        step itself would be those of a second derivative). Defaults to ``fn``.
+      loss_args: the arguments of ``loss`` (default: ``args``), e.g.
+        ``(params, batch)`` for a step taking ``(params, opt_state, batch)``.
+      residuals: count residual bytes (one extra trace). If ``False``, or if
+        no ``loss`` is given and ``fn`` cannot be differentiated,
+        ``residual_bytes`` is None.
       params: the parameters, to fill ``params_bytes`` and ``grads_bytes``.
       opt_state: the optimizer state, to fill ``opt_state_bytes``.
 
@@ -215,9 +220,13 @@ def report(
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
     compiled = jitted.lower(*args).compile()
     res = None
-    if residuals:
+    if residuals and loss is not None:
+        if not callable(loss):
+            raise TypeError(f"loss must be callable, got {type(loss).__name__}")
+        res = _residual_bytes(loss, *(args if loss_args is None else tuple(loss_args)))
+    elif residuals:
         try:
-            res = _residual_bytes(loss if loss is not None else fn, *args)
+            res = _residual_bytes(fn, *args)
         except (TypeError, ValueError, NotImplementedError):
             res = None  # not differentiable (integer outputs, custom calls, ...)
     return compiled_report(

@@ -218,3 +218,19 @@ def test_choose_policy_error_lists_every_policy():
         memory.choose_policy(build_policy, 10**9, policies=())
     with pytest.raises(ValueError, match="not a known policy"):
         memory.choose_policy(build_policy, 10**9, policies=("nope",))
+
+
+def test_report_of_a_training_step_counts_the_loss_residuals():
+    params = [(np.ones((16, 32), np.float32), np.ones((32, 16), np.float32))]
+    x = jax.ShapeDtypeStruct((8, 16), jnp.float32)
+    opt = optax.sgd(0.1)
+
+    def step(params, opt_state, x):
+        grads = jax.grad(mlp_loss)(params, x)
+        updates, opt_state = opt.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state
+
+    r = memory.report(step, params, opt.init(params), x, loss=mlp_loss, loss_args=(params, x))
+    assert r.residual_bytes == memory.residual_bytes(mlp_loss, params, x) > 0
+    with pytest.raises(TypeError):  # loss called with the step's three arguments
+        memory.report(step, params, opt.init(params), x, loss=mlp_loss)
