@@ -95,7 +95,7 @@ def test_dots_no_batch_drops_batched_matmuls():
 
 
 def test_remat_keeps_values_and_gradients():
-    params, x = make_params(), jnp.linspace(-1, 1, 8 * 16).reshape(8, 16)
+    params, x = make_params(layers=2), jnp.linspace(-1, 1, 8 * 16).reshape(8, 16)
     ref = jax.jit(jax.value_and_grad(mlp))(params, x)
     for name in POLICY_NAMES:
         got = jax.jit(jax.value_and_grad(memory.remat(mlp, name)))(params, x)

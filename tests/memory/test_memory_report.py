@@ -120,7 +120,7 @@ def total_at(batch):
     return memory.report(fn, *args, residuals=False).total_bytes
 
 
-LIMIT = 24
+LIMIT = 16
 
 
 def brute_force(budget, multiple_of=1):
