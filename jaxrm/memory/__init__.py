@@ -1,0 +1,48 @@
+"""Make training fit in device memory: remat, memory reports, batch fitting, sharding.
+
+* Rematerialization: :data:`POLICIES`, :func:`policy`, :func:`remat`,
+  :func:`residuals`, :func:`residual_bytes`.
+* Reports read from the compiled executable: :func:`report` ->
+  :class:`MemoryReport`, :func:`device_budget`.
+* Fitting to a budget: :func:`fit_batch`, :func:`choose_policy`, and
+  :func:`accumulate` (gradient accumulation over micro-batches).
+* Sharding: :func:`mesh`, :func:`rules`, :func:`fsdp`, :func:`data_sharding`,
+  :func:`shard`, :func:`per_device_bytes`.
+"""
+
+from jaxrm.memory._accumulate import accumulate
+from jaxrm.memory._fit import choose_policy, fit_batch
+from jaxrm.memory._remat import POLICIES, Residual, policy, remat, residual_bytes, residuals
+from jaxrm.memory._report import MemoryReport, device_budget, format_bytes, report
+from jaxrm.memory._sharding import (
+    Rules,
+    data_sharding,
+    fsdp,
+    mesh,
+    per_device_bytes,
+    rules,
+    shard,
+)
+
+__all__ = [
+    "POLICIES",
+    "MemoryReport",
+    "Residual",
+    "Rules",
+    "accumulate",
+    "choose_policy",
+    "data_sharding",
+    "device_budget",
+    "fit_batch",
+    "format_bytes",
+    "fsdp",
+    "mesh",
+    "per_device_bytes",
+    "policy",
+    "remat",
+    "report",
+    "residual_bytes",
+    "residuals",
+    "rules",
+    "shard",
+]
