@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxrm import tree as jtree
 from jaxrm.prune import _patterns
+from jaxrm.prune._trees import aligned
 
 __all__ = ["apply", "masks", "threshold"]
 
@@ -289,8 +290,7 @@ def _per_leaf_sparsity(scores, sparsity, flat, picked) -> list:
             "sparsity must be a float in [0, 1) or a pytree of per-leaf floats, got "
             f"{type(sparsity).__name__}"
         )
-    jtree.check_matches(scores, sparsity, "sparsity", shapes=False)
-    values = [v for _, v in jtree.leaves_with_paths(sparsity, keep_none=True)]
+    values = aligned(scores, sparsity, "sparsity", shapes=False)
     out = []
     for i in picked:
         path = flat[i][0]
@@ -426,9 +426,8 @@ def apply(params: Any, masks: Any) -> Any:
       ValueError: ``masks`` does not match ``params`` (names the leaf path).
       TypeError: a mask leaf is not a ``bool`` array.
     """
-    jtree.check_matches(params, masks, "masks")
+    m_leaves = aligned(params, masks, "masks")
     p_flat = jtree.leaves_with_paths(params)
-    m_leaves = [m for _, m in jtree.leaves_with_paths(masks, keep_none=True)]
     out = []
     for (path, x), m in zip(p_flat, m_leaves):
         if m is None:

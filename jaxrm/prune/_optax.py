@@ -11,6 +11,7 @@ import optax
 
 from jaxrm import tree as jtree
 from jaxrm.prune import _masks, _patterns, _scores
+from jaxrm.prune._trees import aligned
 
 __all__ = ["SparsifyState", "masks_of", "sparsify"]
 
@@ -35,7 +36,7 @@ class SparsifyState(NamedTuple):
 def _where_masks(masks: Any, tree: Any, pruned: Callable[[Any, Any], Any]) -> Any:
     """Maps masked leaves of ``tree`` through ``pruned(mask, leaf)``; others pass."""
     t_leaves, treedef = jax.tree_util.tree_flatten(tree)
-    m_leaves = [m for _, m in jtree.leaves_with_paths(masks, keep_none=True)]
+    m_leaves = aligned(tree, masks, "masks", shapes=False)
     out = [x if m is None else pruned(m, x) for m, x in zip(m_leaves, t_leaves)]
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -144,7 +145,7 @@ def sparsify(
             raise ValueError(
                 "sparsify needs the parameters: call update(updates, state, params)"
             )
-        jtree.check_matches(params, state.masks, "state.masks")
+        aligned(params, state.masks, "state.masks")
         count = state.count
         masks = state.masks
         grads = updates
@@ -171,7 +172,7 @@ def sparsify(
         # p + (-p) is exactly 0, so apply_updates zeroes every pruned entry.
         u_leaves, treedef = jax.tree_util.tree_flatten(inner_updates)
         p_leaves = jax.tree_util.tree_leaves(params)
-        m_leaves = [m for _, m in jtree.leaves_with_paths(masks, keep_none=True)]
+        m_leaves = aligned(params, masks, "masks", shapes=False)
         final = jax.tree_util.tree_unflatten(
             treedef,
             [

@@ -181,3 +181,17 @@ def test_threshold_matches_numpy_rule():
         # Entries within float32 rounding of the limit may go either way.
         near = np.abs(np.abs(w) - limit) <= 1e-6 * max(limit, 1e-30)
         np.testing.assert_array_equal(got[~near], want[~near])
+
+
+def test_equinox_module_through_filter():
+    eqx = pytest.importorskip("equinox")
+    model = eqx.nn.MLP(6, 3, width_size=8, depth=2, key=jax.random.key(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    m = prune.masks(prune.magnitude(params), 0.5, scope="global")
+    kernels = [x for x in jax.tree_util.tree_leaves(m) if x is not None]
+    assert len(kernels) == 3  # the three weight matrices; biases stay None
+    n = sum(k.size for k in kernels)
+    assert sum(int(np.asarray(k).sum()) for k in kernels) == round(0.5 * n)
+    pruned = eqx.combine(prune.apply(params, m), static)
+    assert pruned(jnp.ones(6)).shape == (3,)
+    assert prune.summary(prune.apply(params, m), where=None).density == pytest.approx(0.5)
