@@ -1,13 +1,22 @@
 """Masks from scores: exact top-k selection without a sort, per leaf or global.
 
-The k-th highest score is found by a radix selection on the bits of the
-float32 scores: the bits are mapped to ``uint32`` keys that order like the
-floats, a histogram of the high 16 bits finds the bucket that holds the k-th
-key, and a histogram of the low 16 bits inside that bucket finds the key
-itself. That is two counting passes over the scores instead of an
-``O(n log n)`` sort, and the result is exact: every key above the threshold is
-kept, and among keys equal to it the ones with the lowest flat index (in leaf
-flattening order for ``scope="global"``) are kept until exactly ``k`` are.
+Two selections give the same masks:
+
+* On the device (any backend, and inside :func:`jaxrm.prune.sparsify`): a
+  radix selection on the bits of the float32 scores. The bits are mapped to
+  ``uint32`` keys that order like the floats; a histogram of the high 16 bits
+  finds the bucket that holds the k-th key, and a histogram of the low 16 bits
+  inside that bucket finds the key itself: two counting passes instead of an
+  ``O(n log n)`` sort.
+* On a CPU host (eager calls, and ``jax.pure_callback`` under ``jit``): a
+  strided sample brackets the k-th score, one pass counts the scores above the
+  bracket and gathers the few inside it, and ``np.partition`` of those gives
+  the threshold. numpy's vectorized comparisons beat XLA's CPU scatters and
+  reductions several times over here.
+
+Both are exact: every score above the threshold is kept, and among scores
+equal to it the ones with the lowest flat index (in leaf flattening order for
+``scope="global"``) are kept until exactly ``k`` are.
 """
 
 from __future__ import annotations
@@ -378,9 +387,9 @@ def masks(
     among equal scores the lower flat index wins (for ``"global"``, leaves
     count in flattening order). NaN scores rank lowest.
 
-    The threshold is found by an exact radix selection on the float32 score
-    bits (two counting passes, no sort), so it is fast on large models and
-    works under ``jax.jit`` with a traced ``sparsity``.
+    The threshold is found by an exact selection (no sort; see the module
+    notes), so it is fast on large models and works under ``jax.jit`` and
+    ``jax.vmap``, with a traced ``sparsity`` too.
 
     With a ``pattern``, the units ranked are channels or blocks (and ``n`` counts
     them); :func:`nm` keeps ``n`` of every ``m`` entries, so its sparsity is
