@@ -75,10 +75,13 @@ def check_batch(s: jax.Array, t: jax.Array, names: tuple[str, str]) -> None:
         )
 
 
-def positive_number(value: Any, name: str) -> Any:
-    """Checks a hyperparameter is a finite number > 0; traced values pass unchecked."""
+def positive_number(value: Any, name: str, traced: bool = True) -> Any:
+    """Checks a hyperparameter is a finite number > 0; traced values pass unchecked
+    where ``traced`` allows them."""
     if isinstance(value, jax.core.Tracer):
-        return value
+        if traced:
+            return value
+        raise TypeError(f"{name} must be a concrete Python number (it is static), got a tracer")
     if isinstance(value, bool) or not _is_real_scalar(value):
         raise TypeError(f"{name} must be a positive number, got {value!r}")
     v = float(value)
@@ -175,3 +178,17 @@ def normalize(x: jax.Array, axis: Any) -> jax.Array:
     """``x / ||x||`` along ``axis``; the zero vector stays zero."""
     n = safe_norm(x, axis, keepdims=True)
     return x / jnp.where(n > 0, n, 1.0)
+
+
+
+def zero_where_equal(values: jax.Array, s: jax.Array, t: jax.Array, axis: Any) -> jax.Array:
+    """Sets ``values`` to exactly 0 where student and teacher are equal over ``axis``.
+
+    The math already gives 0 there, but compiled code may not: XLA fuses the
+    two sides differently or contracts ``a*b - c*d`` into a fused multiply-add,
+    leaving ~1e-17. Every loss here has a minimum (zero gradient) at equality,
+    so this changes no gradient.
+    """
+    if s.shape != t.shape:
+        return values
+    return jnp.where(jnp.all(s == t, axis=axis), 0, values)

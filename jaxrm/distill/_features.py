@@ -6,13 +6,15 @@ token, when ``axis`` keeps more leading axes).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from jaxrm.distill import _checks as c
 
 
-def _prepare_same_shape(student, teacher, names, mask, axis):
+def _validate_same_shape(student, teacher, names, mask, axis):
     s = c.as_float_array(student, names[0])
     t = c.as_float_array(teacher, names[1])
     c.check_ndim(s, names[0], 1, "[batch, ...]")
@@ -21,8 +23,11 @@ def _prepare_same_shape(student, teacher, names, mask, axis):
     c.check_same_shape(s, t, names)
     axes = c.normalize_axis(axis, s.ndim)
     out_shape = tuple(d for i, d in enumerate(s.shape) if i not in axes)
-    m = c.check_mask(mask, out_shape)
-    out_dtype = c.result_dtype(s, t)
+    return s, t, axes, c.check_mask(mask, out_shape)
+
+
+def _cast(s, t, m, axes):
+    """Computes in at least float32, stops the teacher's gradient, clears padding."""
     dtype = c.compute_dtype(s, t)
     s = s.astype(dtype)
     t = jax.lax.stop_gradient(t.astype(dtype))
@@ -30,7 +35,7 @@ def _prepare_same_shape(student, teacher, names, mask, axis):
         keep = jnp.expand_dims(m, axes)
         s = jnp.where(keep, s, 0)
         t = jnp.where(keep, t, 0)
-    return s, t, axes, m, out_dtype
+    return s, t
 
 
 def hint(
@@ -70,8 +75,15 @@ def hint(
       ValueError: if the batch sizes or shapes differ, or ``axis`` is invalid.
     """
     names = ("student_feat", "teacher_feat")
-    s, t, axes, m, out_dtype = _prepare_same_shape(student_feat, teacher_feat, names, mask, axis)
-    return c.finish(jnp.mean(jnp.square(s - t), axis=axes), m, out_dtype)
+    s, t, axes, m = _validate_same_shape(student_feat, teacher_feat, names, mask, axis)
+    return _hint(s, t, m, axes)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _hint(s, t, m, axes):
+    out_dtype = c.result_dtype(s, t)
+    s, t = _cast(s, t, m, axes)
+    return c.finish(jnp.mean(jnp.square(s - t), axis=axes), m, out_dtype)  # exact at s == t
 
 
 def cosine(
@@ -106,17 +118,25 @@ def cosine(
       ValueError: if the batch sizes or shapes differ, or ``axis`` is invalid.
     """
     names = ("student_feat", "teacher_feat")
-    s, t, axes, m, out_dtype = _prepare_same_shape(student_feat, teacher_feat, names, mask, axis)
+    s, t, axes, m = _validate_same_shape(student_feat, teacher_feat, names, mask, axis)
+    return _cosine(s, t, m, axes)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _cosine(s, t, m, axes):
+    out_dtype = c.result_dtype(s, t)
+    s, t = _cast(s, t, m, axes)
     s_zero = c.safe_norm(s, axes) == 0
     t_zero = c.safe_norm(t, axes) == 0
     dist = 0.5 * jnp.sum(jnp.square(c.normalize(s, axes) - c.normalize(t, axes)), axis=axes)
+    dist = c.zero_where_equal(dist, s, t, axes)
     dist = jnp.where(s_zero != t_zero, 1.0, dist)
     return c.finish(dist, m, out_dtype)
 
 
 def _attention_map(act: jax.Array, p, channel_axis: int) -> jax.Array:
     """Normalized spatial attention ``F / ||F||`` with ``F = mean_c |A_c|^p``, ``[batch, S]``."""
-    powered = jnp.square(act) if isinstance(p, int | float) and p == 2 else jnp.abs(act) ** p
+    powered = jnp.square(act) if p == 2 else jnp.abs(act) ** p
     f = jnp.mean(powered, axis=channel_axis).reshape(act.shape[0], -1)
     return c.normalize(f, axis=-1)
 
@@ -145,7 +165,8 @@ def attention_transfer(
         dimensions; channels last by default, the Flax layout).
       teacher_act: floating array with the same batch and spatial shape; gets
         no gradient.
-      p: the power ``p > 0`` applied to activations (the paper uses 2).
+      p: the power ``p > 0`` applied to activations (the paper uses 2); a
+        Python number (static under ``jit``).
       channel_axis: the channel axis (``-1`` for NHWC, ``1`` for NCHW).
       mask: optional bool array broadcastable to ``[batch]``; ``False``
         entries return 0 and get no gradient.
@@ -161,7 +182,7 @@ def attention_transfer(
       ValueError: if the batch sizes or spatial shapes differ, an input has
         fewer than 3 dimensions, ``p`` is not > 0 or ``channel_axis`` is invalid.
     """
-    c.positive_number(p, "p")
+    c.positive_number(p, "p", traced=False)
     names = ("student_act", "teacher_act")
     s = c.as_float_array(student_act, names[0])
     t = c.as_float_array(teacher_act, names[1])
@@ -184,14 +205,14 @@ def attention_transfer(
             f"{t_spatial} (shapes {s.shape} and {t.shape}); only the channel counts may differ"
         )
     m = c.check_mask(mask, (s.shape[0],))
+    return _attention_transfer(s, t, m, float(p), ch)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _attention_transfer(s, t, m, p, ch):
     out_dtype = c.result_dtype(s, t)
-    dtype = c.compute_dtype(s, t)
-    s = s.astype(dtype)
-    t = jax.lax.stop_gradient(t.astype(dtype))
-    if m is not None:
-        keep = m.reshape((-1,) + (1,) * (s.ndim - 1))
-        s = jnp.where(keep, s, 0)
-        t = jnp.where(keep, t, 0)
-    q_s = _attention_map(s, p, ch)
-    q_t = _attention_map(t, p, ch)
-    return c.finish(jnp.mean(jnp.square(q_s - q_t), axis=-1), m, out_dtype)
+    s, t = _cast(s, t, m, tuple(range(1, s.ndim)))
+    q_s, q_t = _attention_map(s, p, ch), _attention_map(t, p, ch)
+    loss = jnp.mean(jnp.square(q_s - q_t), axis=-1)
+    loss = c.zero_where_equal(loss, s, t, tuple(range(1, s.ndim)))
+    return c.finish(loss, m, out_dtype)

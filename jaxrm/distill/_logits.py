@@ -6,6 +6,7 @@ every loss returns one value per leading index, shape ``logits.shape[:-1]``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -16,12 +17,15 @@ from jaxrm.distill import _checks as c
 _PAIR = ("student_logits", "teacher_logits")
 
 
-def _prepare(student_logits, teacher_logits, mask, names=_PAIR):
+def _validate(student_logits, teacher_logits, mask, names=_PAIR):
     s = c.as_float_array(student_logits, names[0])
     t = c.as_float_array(teacher_logits, names[1])
     c.check_logits_pair(s, t, names)
-    m = c.check_mask(mask, s.shape[:-1])
-    out_dtype = c.result_dtype(s, t)
+    return s, t, c.check_mask(mask, s.shape[:-1])
+
+
+def _cast(s, t, m):
+    """Computes in at least float32, stops the teacher's gradient, clears padding."""
     dtype = c.compute_dtype(s, t)
     s = s.astype(dtype)
     t = jax.lax.stop_gradient(t.astype(dtype))
@@ -30,7 +34,11 @@ def _prepare(student_logits, teacher_logits, mask, names=_PAIR):
         # both the value and the gradient of the kept rows clean.
         s = jnp.where(m[..., None], s, 0)
         t = jnp.where(m[..., None], t, 0)
-    return s, t, m, out_dtype
+    return s, t
+
+
+def _log_softmax(x, temperature):
+    return jax.nn.log_softmax(x / temperature, axis=-1)
 
 
 def _kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
@@ -85,10 +93,17 @@ def kd(
         is not > 0, or ``mask`` does not broadcast.
     """
     c.positive_number(temperature, "temperature")
-    s, t, m, out_dtype = _prepare(student_logits, teacher_logits, mask)
-    log_p_t = jax.nn.log_softmax(t / temperature, axis=-1)
-    log_p_s = jax.nn.log_softmax(s / temperature, axis=-1)
-    return c.finish(temperature**2 * _kl(log_p_t, log_p_s), m, out_dtype)
+    s, t, m = _validate(student_logits, teacher_logits, mask)
+    return _kd(s, t, m, temperature)
+
+
+@jax.jit
+def _kd(s, t, m, temperature):
+    out_dtype = c.result_dtype(s, t)
+    s, t = _cast(s, t, m)
+    log_p_s, log_p_t = _log_softmax(s, temperature), _log_softmax(t, temperature)
+    loss = c.zero_where_equal(temperature**2 * _kl(log_p_t, log_p_s), s, t, -1)
+    return c.finish(loss, m, out_dtype)
 
 
 def soft_cross_entropy(
@@ -128,7 +143,14 @@ def soft_cross_entropy(
         is not > 0, or ``mask`` does not broadcast.
     """
     c.positive_number(temperature, "temperature")
-    s, t, m, out_dtype = _prepare(student_logits, teacher, mask, ("student_logits", "teacher"))
+    s, t, m = _validate(student_logits, teacher, mask, ("student_logits", "teacher"))
+    return _soft_cross_entropy(s, t, m, temperature, bool(probs))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _soft_cross_entropy(s, t, m, temperature, probs):
+    out_dtype = c.result_dtype(s, t)
+    s, t = _cast(s, t, m)
     q = t if probs else jax.nn.softmax(t / temperature, axis=-1)
     log_p_s = jax.nn.log_softmax(s / temperature, axis=-1)
     return c.finish(temperature**2 * _cross_entropy(q, log_p_s), m, out_dtype)
@@ -172,14 +194,23 @@ def kd_with_labels(
     """
     c.unit_interval(alpha, "alpha")
     c.positive_number(temperature, "temperature")
-    s, t, m, out_dtype = _prepare(student_logits, teacher_logits, mask)
+    s, t, m = _validate(student_logits, teacher_logits, mask)
     y = _targets(labels, s.shape)
+    return _kd_with_labels(s, t, y, m, alpha, temperature)
+
+
+@jax.jit
+def _kd_with_labels(s, t, y, m, alpha, temperature):
+    out_dtype = c.result_dtype(s, t)
+    s, t = _cast(s, t, m)
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        y = jax.nn.one_hot(y, s.shape[-1], dtype=s.dtype)
+    y = jax.lax.stop_gradient(y.astype(s.dtype))
     if m is not None:
         y = jnp.where(m[..., None], y, 0)
-    hard = _cross_entropy(y.astype(s.dtype), jax.nn.log_softmax(s, axis=-1))
-    log_p_t = jax.nn.log_softmax(t / temperature, axis=-1)
-    log_p_s = jax.nn.log_softmax(s / temperature, axis=-1)
-    soft = temperature**2 * _kl(log_p_t, log_p_s)
+    hard = _cross_entropy(y, jax.nn.log_softmax(s, axis=-1))
+    log_p_s, log_p_t = _log_softmax(s, temperature), _log_softmax(t, temperature)
+    soft = c.zero_where_equal(temperature**2 * _kl(log_p_t, log_p_s), s, t, -1)
     return c.finish(alpha * soft + (1 - alpha) * hard, m, out_dtype)
 
 
@@ -187,19 +218,18 @@ def _targets(labels: Any, logits_shape: tuple[int, ...]) -> jax.Array:
     dtype = getattr(labels, "dtype", None)
     labels = jnp.asarray(labels)
     dtype = labels.dtype if dtype is None else dtype
-    classes = logits_shape[-1]
     if jnp.issubdtype(dtype, jnp.integer):
         if labels.shape != logits_shape[:-1]:
             raise ValueError(
                 f"integer labels must have shape {logits_shape[:-1]} "
                 f"(student_logits.shape[:-1]), got {labels.shape}"
             )
-        return jax.nn.one_hot(labels, classes, dtype=jnp.float32)
+        return labels  # one-hot inside the jitted core
     if jnp.issubdtype(dtype, jnp.floating):
         if labels.shape != logits_shape:
             raise ValueError(
                 f"floating labels (one-hot or soft targets) must have shape {logits_shape} "
                 f"(student_logits.shape), got {labels.shape}"
             )
-        return jax.lax.stop_gradient(labels)
+        return labels
     raise TypeError(f"labels must be integer class indices or floating targets, got dtype {dtype}")

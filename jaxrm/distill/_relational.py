@@ -16,26 +16,28 @@ import optax
 from jaxrm.distill import _checks as c
 
 
-def _prepare(student_emb, teacher_emb, mask):
+def _validate(student_emb, teacher_emb, mask):
     names = ("student_emb", "teacher_emb")
     s = c.as_float_array(student_emb, names[0])
     t = c.as_float_array(teacher_emb, names[1])
     c.check_ndim(s, names[0], 2, "[batch, features]")
     c.check_ndim(t, names[1], 2, "[batch, features]")
     c.check_batch(s, t, names)
+    return s, t, c.check_mask(mask, (s.shape[0],))
+
+
+def _cast(s, t, m):
+    """Flattens features, computes in at least float32, stops the teacher's
+    gradient, clears padding; also returns the 0/1 weights of valid examples."""
     n = s.shape[0]
-    m = c.check_mask(mask, (n,))
-    out_dtype = c.result_dtype(s, t)
     dtype = c.compute_dtype(s, t)
     s = s.reshape(n, -1).astype(dtype)
     t = jax.lax.stop_gradient(t.reshape(n, -1).astype(dtype))
     if m is None:
-        w = jnp.ones((n,), dtype)
-    else:
-        w = m.astype(dtype)
-        s = jnp.where(m[:, None], s, 0)
-        t = jnp.where(m[:, None], t, 0)
-    return s, t, w, m, out_dtype
+        return s, t, jnp.ones((n,), dtype)
+    s = jnp.where(m[:, None], s, 0)
+    t = jnp.where(m[:, None], t, 0)
+    return s, t, m.astype(dtype)
 
 
 def _pair_weights(w: jax.Array) -> jax.Array:
@@ -98,10 +100,17 @@ def rkd_distance(
         dimensions or ``delta`` is not > 0.
     """
     c.positive_number(delta, "delta")
-    s, t, w, m, out_dtype = _prepare(student_emb, teacher_emb, mask)
+    s, t, m = _validate(student_emb, teacher_emb, mask)
+    return _rkd_distance(s, t, m, delta)
+
+
+@jax.jit
+def _rkd_distance(s, t, m, delta):
+    out_dtype = c.result_dtype(s, t)
+    s, t, w = _cast(s, t, m)
     h = optax.huber_loss(_normalized_distances(s, w), _normalized_distances(t, w), delta=delta)
     per_example = (h @ w) / jnp.maximum(jnp.sum(w), 1)
-    return c.finish(per_example, m, out_dtype)
+    return c.finish(c.zero_where_equal(per_example, s, t, None), m, out_dtype)
 
 
 def _angles(e: jax.Array) -> jax.Array:
@@ -147,10 +156,17 @@ def rkd_angle(
         dimensions or ``delta`` is not > 0.
     """
     c.positive_number(delta, "delta")
-    s, t, w, m, out_dtype = _prepare(student_emb, teacher_emb, mask)
+    s, t, m = _validate(student_emb, teacher_emb, mask)
+    return _rkd_angle(s, t, m, delta)
+
+
+@jax.jit
+def _rkd_angle(s, t, m, delta):
+    out_dtype = c.result_dtype(s, t)
+    s, t, w = _cast(s, t, m)
     h = optax.huber_loss(_angles(s), _angles(t), delta=delta)
     per_example = jnp.einsum("abc,b,c->a", h, w, w) / jnp.maximum(jnp.sum(w) ** 2, 1)
-    return c.finish(per_example, m, out_dtype)
+    return c.finish(c.zero_where_equal(per_example, s, t, None), m, out_dtype)
 
 
 def _conditional(e: jax.Array, w: jax.Array) -> jax.Array:
@@ -194,10 +210,18 @@ def pkt(
       ValueError: if the batch sizes differ or an input has fewer than 2
         dimensions.
     """
-    s, t, w, m, out_dtype = _prepare(student_emb, teacher_emb, mask)
+    s, t, m = _validate(student_emb, teacher_emb, mask)
+    return _pkt(s, t, m)
+
+
+@jax.jit
+def _pkt(s, t, m):
+    out_dtype = c.result_dtype(s, t)
+    s, t, w = _cast(s, t, m)
     p = _conditional(t, w)
     q = _conditional(s, w)
     tiny = jnp.finfo(q.dtype).tiny
     log_ratio = jnp.log(jnp.where(p > 0, p, 1.0)) - jnp.log(jnp.maximum(q, tiny))
     kl = jnp.sum(jnp.where(p > 0, p * log_ratio, 0.0), axis=-1)
-    return c.finish(jnp.maximum(kl, 0.0), m, out_dtype)
+    kl = c.zero_where_equal(jnp.maximum(kl, 0.0), s, t, None)
+    return c.finish(kl, m, out_dtype)
