@@ -18,7 +18,6 @@ def _labels_loss(s, t, **kw):
 # name -> (loss(student, teacher, **kw), student shape, teacher shape)
 LOSSES = {
     "kd": (lambda s, t, **kw: distill.kd(s, t, 2.0, **kw), (6, 5), (6, 5)),
-    "kd_with_labels": (_labels_loss, (6, 5), (6, 5)),
     "hint": (distill.hint, (6, 3, 4), (6, 3, 4)),
     "cosine": (distill.cosine, (6, 8), (6, 8)),
     "attention_transfer": (distill.attention_transfer, (6, 4, 3, 5), (6, 4, 3, 7)),
@@ -27,6 +26,10 @@ LOSSES = {
     "pkt": (distill.pkt, (6, 4), (6, 9)),
 }
 PARAMS = sorted(LOSSES)
+# kd_with_labels shares kd's machinery; the same checks run for it only in the slow set.
+SLOW = pytest.param("kd_with_labels", marks=pytest.mark.slow)
+LOSSES["kd_with_labels"] = (_labels_loss, (6, 5), (6, 5))
+PARAMS = [*PARAMS, SLOW]
 
 
 def _inputs(name, seed=0, dtype=jnp.float32):
@@ -44,7 +47,7 @@ def test_zero_on_equal_positive_on_different(name):
     if s_shape == t_shape:
         np.testing.assert_array_equal(fn(s, s), 0.0)
     assert np.all(np.asarray(fn(s, t)) > 0)
-    chex.assert_shape(fn(s, t), (s_shape[0],) if name not in ("kd", "kd_with_labels") else (6,))
+    chex.assert_shape(fn(s, t), (s_shape[0],))
 
 
 @pytest.mark.parametrize("name", PARAMS)

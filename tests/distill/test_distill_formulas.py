@@ -194,7 +194,12 @@ def test_pkt_matches_paper(widths):
 
 
 @pytest.mark.parametrize(
-    "name", ["rkd_distance", "rkd_angle", "pkt", "attention_transfer", "hint", "cosine"]
+    "name",
+    [
+        "rkd_distance", "rkd_angle", "pkt", "attention_transfer",
+        pytest.param("hint", marks=pytest.mark.slow),
+        pytest.param("cosine", marks=pytest.mark.slow),
+    ],
 )
 def test_mask_equals_dropping_padded_examples(name):
     fn = getattr(distill, name)
@@ -212,7 +217,9 @@ def test_mask_equals_dropping_padded_examples(name):
     np.testing.assert_array_equal(g[~mask], 0.0)
 
 
-@pytest.mark.parametrize("name", ["kd", "soft_cross_entropy", "kd_with_labels"])
+@pytest.mark.parametrize(
+    "name", ["kd", pytest.param("soft_cross_entropy", marks=pytest.mark.slow), "kd_with_labels"]
+)
 def test_logit_losses_mask_tokens(name):
     s, t = _normal(33, (2, 4, 6)), _normal(34, (2, 4, 6))
     mask = np.array([[True, True, False, False], [True, True, True, False]])

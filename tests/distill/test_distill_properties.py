@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from jaxrm import distill
 
-SETTINGS = settings(max_examples=15, deadline=None)
+SETTINGS = settings(max_examples=10, deadline=None)
 N, D = 5, 4
 
 
