@@ -194,6 +194,8 @@ def attention_transfer(
             f"{names[0]} and {names[1]} must have the same number of dimensions, got shapes "
             f"{s.shape} and {t.shape}"
         )
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, int):
+        raise TypeError(f"channel_axis must be an int, got {channel_axis!r}")
     (ch,) = c.normalize_axis(channel_axis, s.ndim, "channel_axis")
     if ch == 0:
         raise ValueError("channel_axis must not be the batch axis 0")

@@ -152,6 +152,8 @@ def test_feature_and_relational_errors():
         distill.attention_transfer(jnp.zeros((4, 2)), jnp.zeros((4, 2)))
     with pytest.raises(ValueError, match="p must be"):
         distill.attention_transfer(a, a, p=0)
+    with pytest.raises(TypeError, match="channel_axis must be an int"):
+        distill.attention_transfer(a, a, channel_axis=(1, 2))
     with pytest.raises(ValueError, match="channel_axis must not be the batch"):
         distill.attention_transfer(a, a, channel_axis=0)
     with pytest.raises(ValueError, match="student_feat and teacher_feat must have the same shape"):
