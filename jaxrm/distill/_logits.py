@@ -1,0 +1,235 @@
+"""Losses on class logits: Hinton et al. (2015) knowledge distillation.
+
+Logits are ``[..., classes]`` with the class axis last (the optax convention);
+every loss returns one value per leading index, shape ``logits.shape[:-1]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrm.distill import _checks as c
+
+_PAIR = ("student_logits", "teacher_logits")
+
+
+def _validate(student_logits, teacher_logits, mask, names=_PAIR):
+    s = c.as_float_array(student_logits, names[0])
+    t = c.as_float_array(teacher_logits, names[1])
+    c.check_logits_pair(s, t, names)
+    return s, t, c.check_mask(mask, s.shape[:-1])
+
+
+def _cast(s, t, m):
+    """Computes in at least float32, stops the teacher's gradient, clears padding."""
+    dtype = c.compute_dtype(s, t)
+    s = s.astype(dtype)
+    t = jax.lax.stop_gradient(t.astype(dtype))
+    if m is not None:
+        # Padded rows may hold anything (even inf/NaN); replacing them keeps
+        # both the value and the gradient of the kept rows clean.
+        s = jnp.where(m[..., None], s, 0)
+        t = jnp.where(m[..., None], t, 0)
+    return s, t
+
+
+def _log_softmax(x, temperature):
+    return jax.nn.log_softmax(x / temperature, axis=-1)
+
+
+def _kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+    """KL(p || q) over the last axis from log-probabilities; 0 log 0 = 0."""
+    p = jnp.exp(log_p)
+    terms = jnp.where(p > 0, p * (log_p - log_q), 0.0)
+    # Rounding can leave a tiny negative sum for nearly equal distributions.
+    return jnp.maximum(jnp.sum(terms, axis=-1), 0.0)
+
+
+def _cross_entropy(q: jax.Array, log_p: jax.Array) -> jax.Array:
+    """-sum q log p over the last axis; entries with q == 0 contribute 0."""
+    return -jnp.sum(jnp.where(q != 0, q * log_p, 0.0), axis=-1)
+
+
+def kd(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    temperature: float = 1.0,
+    *,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Knowledge-distillation loss of Hinton et al. (2015), per example.
+
+    ``T**2 * KL(softmax(teacher / T) || softmax(student / T))`` over the last
+    (class) axis, computed from log-softmax so it stays finite for logits of
+    any finite size (e.g. ±1e4). The ``T**2`` factor keeps the gradient's
+    scale independent of the temperature, as in the paper. The teacher is
+    wrapped in ``stop_gradient``: only the student receives a gradient.
+
+    The value is 0 when the softened distributions are equal (in particular
+    when ``student_logits == teacher_logits``) and positive otherwise.
+
+    Args:
+      student_logits: floating array ``[..., classes]``.
+      teacher_logits: floating array of the same shape.
+      temperature: softmax temperature ``T > 0`` (a Python number, or a traced
+        scalar for annealing under ``jit``).
+      mask: optional bool array broadcastable to ``student_logits.shape[:-1]``;
+        ``False`` marks padded examples/tokens, whose value is 0 and whose
+        logits get no gradient (their content, even NaN, is ignored).
+
+    Returns:
+      Array of shape ``student_logits.shape[:-1]`` in the inputs' promoted
+      dtype (computed in at least float32). Reduce it yourself, e.g.
+      ``loss.sum() / mask.sum()`` for a masked mean.
+
+    Raises:
+      TypeError: if the logits are not floating, ``temperature`` is not a
+        number or ``mask`` is not bool.
+      ValueError: if the class counts or batch shapes differ, ``temperature``
+        is not > 0, or ``mask`` does not broadcast.
+    """
+    c.positive_number(temperature, "temperature")
+    s, t, m = _validate(student_logits, teacher_logits, mask)
+    return _kd(s, t, m, temperature)
+
+
+@jax.jit
+def _kd(s, t, m, temperature):
+    out_dtype = c.result_dtype(s, t)
+    s, t = _cast(s, t, m)
+    log_p_s, log_p_t = _log_softmax(s, temperature), _log_softmax(t, temperature)
+    loss = c.zero_where_equal(temperature**2 * _kl(log_p_t, log_p_s), s, t, -1)
+    return c.finish(loss, m, out_dtype)
+
+
+def soft_cross_entropy(
+    student_logits: jax.Array,
+    teacher: jax.Array,
+    temperature: float = 1.0,
+    *,
+    probs: bool = False,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Cross entropy of the student against the teacher's soft targets, per example.
+
+    ``-T**2 * sum_k q_k log softmax(student / T)_k`` with
+    ``q = softmax(teacher / T)`` (or ``q = teacher`` when ``probs=True``, e.g.
+    cached teacher probabilities). It differs from :func:`kd` by
+    ``T**2 * H(q)``, the teacher's entropy, which does not depend on the
+    student: both give the student the same gradient, but this one is not 0
+    when student equals teacher (its minimum is ``T**2 * H(q)``).
+
+    Args:
+      student_logits: floating array ``[..., classes]``.
+      teacher: floating array of the same shape: teacher logits, or
+        probabilities summing to 1 over the last axis when ``probs=True``
+        (then ``temperature`` softens only the student).
+      temperature: softmax temperature ``T > 0``.
+      probs: whether ``teacher`` holds probabilities instead of logits.
+      mask: optional bool array broadcastable to ``student_logits.shape[:-1]``;
+        ``False`` entries return 0 and get no gradient.
+
+    Returns:
+      Array of shape ``student_logits.shape[:-1]``, non-negative.
+
+    Raises:
+      TypeError: if an input is not floating, ``temperature`` is not a number
+        or ``mask`` is not bool.
+      ValueError: if the class counts or batch shapes differ, ``temperature``
+        is not > 0, or ``mask`` does not broadcast.
+    """
+    c.positive_number(temperature, "temperature")
+    s, t, m = _validate(student_logits, teacher, mask, ("student_logits", "teacher"))
+    return _soft_cross_entropy(s, t, m, temperature, bool(probs))
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _soft_cross_entropy(s, t, m, temperature, probs):
+    out_dtype = c.result_dtype(s, t)
+    s, t = _cast(s, t, m)
+    q = t if probs else jax.nn.softmax(t / temperature, axis=-1)
+    log_p_s = jax.nn.log_softmax(s / temperature, axis=-1)
+    return c.finish(temperature**2 * _cross_entropy(q, log_p_s), m, out_dtype)
+
+
+def kd_with_labels(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    labels: jax.Array,
+    *,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Hinton et al.'s combined objective: hard-label cross entropy plus ``kd``.
+
+    ``alpha * kd(student, teacher, T) + (1 - alpha) * CE(student, labels)``,
+    where the hard cross entropy uses temperature 1. ``alpha=0`` trains on
+    labels alone, ``alpha=1`` on the teacher alone.
+
+    Args:
+      student_logits: floating array ``[..., classes]``.
+      teacher_logits: floating array of the same shape.
+      labels: integer class indices of shape ``student_logits.shape[:-1]``, or
+        floating targets (one-hot or smoothed) of ``student_logits``' shape.
+        Integer labels outside ``[0, classes)`` contribute no hard loss, so
+        mask padded positions rather than relying on a sentinel label.
+      alpha: weight of the distillation term, in ``[0, 1]``.
+      temperature: softmax temperature ``T > 0`` of the distillation term.
+      mask: optional bool array broadcastable to ``student_logits.shape[:-1]``;
+        ``False`` entries return 0 and get no gradient.
+
+    Returns:
+      Array of shape ``student_logits.shape[:-1]``.
+
+    Raises:
+      TypeError: if the logits are not floating, ``labels`` is neither integer
+        nor floating, a hyperparameter is not a number, or ``mask`` is not bool.
+      ValueError: if shapes disagree (naming the argument), ``alpha`` is
+        outside ``[0, 1]`` or ``temperature`` is not > 0.
+    """
+    c.unit_interval(alpha, "alpha")
+    c.positive_number(temperature, "temperature")
+    s, t, m = _validate(student_logits, teacher_logits, mask)
+    y = _targets(labels, s.shape)
+    return _kd_with_labels(s, t, y, m, alpha, temperature)
+
+
+@jax.jit
+def _kd_with_labels(s, t, y, m, alpha, temperature):
+    out_dtype = c.result_dtype(s, t)
+    s, t = _cast(s, t, m)
+    if jnp.issubdtype(y.dtype, jnp.integer):
+        y = jax.nn.one_hot(y, s.shape[-1], dtype=s.dtype)
+    y = jax.lax.stop_gradient(y.astype(s.dtype))
+    if m is not None:
+        y = jnp.where(m[..., None], y, 0)
+    hard = _cross_entropy(y, jax.nn.log_softmax(s, axis=-1))
+    log_p_s, log_p_t = _log_softmax(s, temperature), _log_softmax(t, temperature)
+    soft = c.zero_where_equal(temperature**2 * _kl(log_p_t, log_p_s), s, t, -1)
+    return c.finish(alpha * soft + (1 - alpha) * hard, m, out_dtype)
+
+
+def _targets(labels: Any, logits_shape: tuple[int, ...]) -> jax.Array:
+    dtype = getattr(labels, "dtype", None)
+    labels = jnp.asarray(labels)
+    dtype = labels.dtype if dtype is None else dtype
+    if jnp.issubdtype(dtype, jnp.integer):
+        if labels.shape != logits_shape[:-1]:
+            raise ValueError(
+                f"integer labels must have shape {logits_shape[:-1]} "
+                f"(student_logits.shape[:-1]), got {labels.shape}"
+            )
+        return labels  # one-hot inside the jitted core
+    if jnp.issubdtype(dtype, jnp.floating):
+        if labels.shape != logits_shape:
+            raise ValueError(
+                f"floating labels (one-hot or soft targets) must have shape {logits_shape} "
+                f"(student_logits.shape), got {labels.shape}"
+            )
+        return labels
+    raise TypeError(f"labels must be integer class indices or floating targets, got dtype {dtype}")
