@@ -23,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "Where",
+    "aligned",
     "arrays",
     "check_matches",
     "count",
@@ -200,44 +201,75 @@ def map_selected(
     return jax.tree_util.tree_map_with_path(visit, tree)
 
 
-def check_matches(
-    reference: Any, other: Any, argument: str, *, shapes: bool = True
-) -> None:
-    """Checks that ``other`` has ``reference``'s structure, allowing ``None`` leaves.
+def aligned(
+    reference: Any,
+    other: Any,
+    argument: str,
+    *,
+    shapes: bool = True,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> list:
+    """Returns ``other``'s entry for each leaf of ``reference``, in flattening order.
 
-    Used for masks and per-leaf settings: each leaf of ``reference`` must meet a
-    leaf (or ``None``) of ``other`` at the same path, and, with ``shapes``,
-    array leaves of ``other`` must have the reference leaf's shape.
+    Used for masks, gradients and per-leaf settings. Entries are matched by
+    leaf path, so the containers may differ (an NNX ``State`` of ``Param``
+    variables against one of plain arrays), and ``None`` entries of ``other``
+    (dense leaves of a mask tree, the ``None`` fields of an ``eqx.filter``-ed
+    module) are allowed where ``reference`` has no leaf.
+
+    Args:
+      reference: the parameters.
+      other: a pytree with an entry (or ``None``) at each of ``reference``'s paths.
+      argument: the argument's name, for error messages.
+      shapes: also check that array entries have the reference leaf's shape.
+      is_leaf: passed to the flattening of ``reference`` (e.g.
+        ``quant.is_quantized`` to treat quantized leaves as leaves).
+
+    Raises:
+      ValueError: a leaf of ``reference`` has no entry, ``other`` has an extra
+        non-``None`` entry, or (with ``shapes``) an array entry's shape
+        differs; the message names ``argument`` and the leaf path.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(reference, is_leaf=is_leaf)
+    ref = [(path_str(kp), leaf) for kp, leaf in flat]
+    oth = leaves_with_paths(other, keep_none=True)
+    ref_paths = [p for p, _ in ref]
+    if [p for p, _ in oth] == ref_paths:
+        values = [v for _, v in oth]
+    else:
+        by_path: dict[str, Any] = {}
+        for p, v in oth:
+            by_path.setdefault(p, v)
+        known = set(ref_paths)
+        missing = [p for p in ref_paths if p not in by_path]
+        extra = [p for p, v in oth if p not in known and v is not None]
+        if missing or extra:
+            detail = []
+            if missing:
+                detail.append(f"missing leaves {missing[:5]}")
+            if extra:
+                detail.append(f"unexpected leaves {extra[:5]}")
+            raise ValueError(
+                f"{argument} does not have the structure of the parameters: " + "; ".join(detail)
+            )
+        values = [by_path[p] for p in ref_paths]
+    if shapes:
+        for (p, r), v in zip(ref, values):
+            if v is not None and is_array(v) and tuple(v.shape) != tuple(np.shape(r)):
+                raise ValueError(
+                    f"{argument} at leaf {p!r} has shape {tuple(v.shape)}, "
+                    f"expected {tuple(np.shape(r))}"
+                )
+    return values
+
+
+def check_matches(reference: Any, other: Any, argument: str, *, shapes: bool = True) -> None:
+    """Checks that ``other`` lines up with ``reference`` leaf by leaf (see :func:`aligned`).
 
     Raises:
       ValueError: naming ``argument`` and the first leaf path that differs.
     """
-    ref = leaves_with_paths(reference)
-    oth = leaves_with_paths(other, keep_none=True)
-    ref_paths = [p for p, _ in ref]
-    oth_paths = [p for p, _ in oth]
-    if ref_paths != oth_paths:
-        missing = sorted(set(ref_paths) - set(oth_paths))
-        extra = sorted(set(oth_paths) - set(ref_paths))
-        detail = []
-        if missing:
-            detail.append(f"missing leaves {missing[:5]}")
-        if extra:
-            detail.append(f"unexpected leaves {extra[:5]}")
-        if not detail:
-            detail.append("the leaves are in another order")
-        raise ValueError(
-            f"{argument} does not have the structure of the parameters: " + "; ".join(detail)
-        )
-    if shapes:
-        for (p, r), (_, o) in zip(ref, oth):
-            if o is None or not is_array(o):
-                continue
-            if tuple(o.shape) != tuple(np.shape(r)):
-                raise ValueError(
-                    f"{argument} at leaf {p!r} has shape {tuple(o.shape)}, "
-                    f"expected {tuple(np.shape(r))}"
-                )
+    aligned(reference, other, argument, shapes=shapes)
 
 
 def count(tree: Any, where: Where = None) -> int:

@@ -34,7 +34,7 @@ import numpy as np
 from jaxrm.coding import _sparse, _streams
 from jaxrm.coding._bits import FormatError, bit_width
 from jaxrm.quant._types import Codebook, QArray, is_quantized
-from jaxrm.tree import leaves_with_paths, path_str
+from jaxrm.tree import aligned, path_str
 
 __all__ = ["MAGIC", "VERSION", "decode", "encode", "load", "parse", "save"]
 
@@ -247,23 +247,9 @@ def _flatten(tree: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _per_leaf(tree_paths: list[str], other: Any, argument: str) -> dict[str, Any]:
-    """Maps each path of ``other`` (a pytree with None leaves) to its leaf."""
-    items = leaves_with_paths(other, keep_none=True)
-    found = dict(items)
-    missing = [p for p in tree_paths if p not in found]
-    extra = [p for p in found if p not in set(tree_paths)]
-    if missing or extra or len(found) != len(items):
-        detail = []
-        if missing:
-            detail.append(f"missing leaves {missing[:5]}")
-        if extra:
-            detail.append(f"unexpected leaves {extra[:5]}")
-        raise ValueError(
-            f"{argument} does not have the structure of the tree: "
-            + ("; ".join(detail) or "repeated paths")
-        )
-    return found
+def _per_leaf(tree: Any, paths: list[str], other: Any, argument: str) -> dict[str, Any]:
+    """Maps each leaf path of ``tree`` (quantized leaves whole) to ``other``'s entry."""
+    return dict(zip(paths, aligned(tree, other, argument, shapes=False, is_leaf=is_quantized)))
 
 
 def encode(
@@ -311,11 +297,11 @@ def encode(
     codec = _streams.ENTROPY_MODES[entropy]
     leaves = _flatten(tree)
     paths = [p for p, _ in leaves]
-    mask_of = {} if masks is None else _per_leaf(paths, masks, "masks")
+    mask_of = {} if masks is None else _per_leaf(tree, paths, masks, "masks")
     if index_bits is None or isinstance(index_bits, int | np.integer):
         bits_of = {p: _index_bits_for(index_bits, p) for p in paths}
     else:
-        given = _per_leaf(paths, index_bits, "index_bits")
+        given = _per_leaf(tree, paths, index_bits, "index_bits")
         bits_of = {p: _index_bits_for(given[p], p) for p in paths}
     sections: list[bytes] = []
     entries = []

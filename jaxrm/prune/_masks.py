@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxrm import tree as jtree
 from jaxrm.prune import _patterns
-from jaxrm.prune._trees import aligned
+from jaxrm.tree import aligned
 
 __all__ = ["apply", "masks", "threshold"]
 

@@ -11,7 +11,7 @@ import optax
 
 from jaxrm import tree as jtree
 from jaxrm.prune import _masks, _patterns, _scores
-from jaxrm.prune._trees import aligned
+from jaxrm.tree import aligned
 
 __all__ = ["SparsifyState", "masks_of", "sparsify"]
 

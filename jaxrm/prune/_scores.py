@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrm import tree as jtree
-from jaxrm.prune._trees import aligned
+from jaxrm.tree import aligned
 
 __all__ = ["magnitude", "random", "saliency"]
 
