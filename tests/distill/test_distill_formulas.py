@@ -95,6 +95,21 @@ def test_kd_with_labels(alpha):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
+def test_kd_with_labels_unknown_label_keeps_only_the_soft_term():
+    # Semi-supervised use: an unlabeled example gets -1 (outside [0, classes)),
+    # which drops its hard term and leaves alpha * kd; labeled rows are unchanged.
+    s, t = _normal(10, (5, 4), 2), _normal(11, (5, 4), 2)
+    labels = np.array([0, -1, 2, -1, 3])
+    got = distill.kd_with_labels(s, t, labels, alpha=0.9, temperature=1.0)
+    known = labels >= 0
+    want = np.where(
+        known,
+        ref.kd_with_labels(s, t, np.where(known, labels, 0), 0.9, 1.0),
+        0.9 * ref.kd(s, t, 1.0),
+    )
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
 def test_kd_with_labels_alpha_zero_is_optax_cross_entropy():
     import optax
 
