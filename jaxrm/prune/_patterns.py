@@ -120,7 +120,7 @@ def channels(axis: int = -1) -> Channels:
     return Channels(_axis(axis))
 
 
-def blocks(shape) -> Blocks:
+def blocks(shape: tuple[int, ...]) -> Blocks:
     """Block sparsity: blocks of ``shape`` tiling the trailing dimensions.
 
     A block's score is the L2 norm of its scores; the sparsity counts blocks.
