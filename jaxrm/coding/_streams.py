@@ -1,0 +1,81 @@
+"""Integer symbol streams: one codec interface over fixed, Huffman and rANS coding."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxrm.coding import _ans, _huffman
+from jaxrm.coding._bits import FormatError, bit_width, pack_fixed, unpack_fixed
+
+__all__ = ["CODECS", "ENTROPY_MODES", "MAX_ENTROPY_ALPHABET", "decode", "encode", "estimate_bits"]
+
+ENTROPY_MODES = {"huffman": "huffman", "ans": "ans", "none": "fixed"}
+CODECS = ("fixed", "huffman", "ans")
+# Entropy coders keep per-symbol tables; wider alphabets are packed at fixed width.
+MAX_ENTROPY_ALPHABET = 1 << 17
+
+
+def _codec_for(codec: str, counts: np.ndarray | None, alphabet: int) -> str:
+    if codec == "fixed" or alphabet > MAX_ENTROPY_ALPHABET:
+        return "fixed"
+    # rANS quantizes probabilities to 2**16: with many symbols Huffman codes better
+    if codec == "ans" and counts is not None and np.count_nonzero(counts) > 4096:
+        return "huffman"
+    return codec
+
+
+def encode(sym: np.ndarray, alphabet: int, codec: str) -> tuple[bytes, dict]:
+    """Codes integers in ``[0, alphabet)``; returns the section and its manifest entry."""
+    sym = np.asarray(sym).reshape(-1)
+    width = bit_width(alphabet - 1)
+    counts = (
+        np.bincount(sym.astype(np.int64), minlength=alphabet)
+        if alphabet <= MAX_ENTROPY_ALPHABET
+        else None
+    )
+    codec = _codec_for(codec, counts, alphabet)
+    if codec == "fixed":
+        data = pack_fixed(sym, width)
+    elif codec == "huffman":
+        data = _huffman.encode(sym, alphabet, width)
+    else:
+        data = _ans.encode(sym, alphabet, width)
+    return data, {"codec": codec, "count": len(sym), "alphabet": alphabet}
+
+
+def decode(data: bytes | memoryview, meta: dict) -> np.ndarray:
+    """Decodes a stream; ``meta`` was validated by the container parser."""
+    codec, count, alphabet = meta["codec"], meta["count"], meta["alphabet"]
+    width = bit_width(alphabet - 1)
+    if codec == "fixed":
+        if len(data) != -(-count * width // 8):
+            raise FormatError("fixed-width section length disagrees with its count")
+        out = unpack_fixed(data, count, width)
+    elif codec == "huffman":
+        out = _huffman.decode(data, count, alphabet, width)
+    elif codec == "ans":
+        out = _ans.decode(data, count, alphabet, width)
+    else:
+        raise FormatError(f"unknown codec {codec!r}")
+    if len(out) != count or (count and int(out.max()) >= alphabet):
+        raise FormatError("decoded symbols fall outside the alphabet")
+    return out
+
+
+def estimate_bits(counts: np.ndarray, codec: str) -> float:
+    """Estimated coded size in bits of a stream with histogram ``counts``."""
+    alphabet = len(counts)
+    n = int(counts.sum())
+    width = bit_width(alphabet - 1)
+    codec = _codec_for(codec, counts, alphabet)
+    if codec == "fixed" or n == 0:
+        return float(n * width)
+    used = int(np.count_nonzero(counts))
+    table = min(alphabet * 5, used * (width + 5)) + 80
+    c = counts[counts > 0].astype(np.float64)
+    entropy = float(-(c * np.log2(c / n)).sum())
+    if codec == "huffman":
+        if used > 4096:  # building the code is slow here; Huffman is near the entropy
+            return entropy + 0.03 * n + table
+        return float((counts * _huffman.code_lengths(counts)).sum()) + table
+    return entropy * 1.004 + table * 3

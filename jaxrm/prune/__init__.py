@@ -1,0 +1,47 @@
+"""Pruning: scores, exact masks, structured patterns, distributions, schedules, optax.
+
+Masks are pytrees of the parameters' structure holding ``bool`` arrays
+(``True`` = kept) at pruned leaves and ``None`` elsewhere. A typical flow::
+
+    scores = prune.magnitude(params)
+    m = prune.masks(scores, 0.9, scope="global")
+    params = prune.apply(params, m)
+    print(prune.summary(m))
+
+or, during training, ``prune.sparsify(optax.adam(1e-3), prune.polynomial(0.9, 0, 1000))``.
+"""
+
+from jaxrm.prune._distributions import erk, uniform
+from jaxrm.prune._masks import apply, masks, threshold
+from jaxrm.prune._optax import SparsifyState, masks_of, sparsify
+from jaxrm.prune._patterns import NM, Blocks, Channels, blocks, channels, nm
+from jaxrm.prune._schedules import constant, iterative, one_shot, polynomial
+from jaxrm.prune._scores import magnitude, random, saliency
+from jaxrm.prune._summary import Summary, SummaryRow, summary
+
+__all__ = [
+    "NM",
+    "Blocks",
+    "Channels",
+    "SparsifyState",
+    "Summary",
+    "SummaryRow",
+    "apply",
+    "blocks",
+    "channels",
+    "constant",
+    "erk",
+    "iterative",
+    "magnitude",
+    "masks",
+    "masks_of",
+    "nm",
+    "one_shot",
+    "polynomial",
+    "random",
+    "saliency",
+    "sparsify",
+    "summary",
+    "threshold",
+    "uniform",
+]

@@ -1,0 +1,30 @@
+"""Quantization: uniform PTQ and QAT, and trained weight sharing with k-means codebooks.
+
+* :func:`uniform` turns selected leaves into ``QArray`` (integers, scale, zero point);
+* :func:`fake_quant` / :func:`fake_quant_tree` quantize-dequantize with a
+  straight-through gradient for quantization-aware training;
+* :func:`kmeans` turns selected leaves into ``Codebook`` (indices into shared
+  centroids), skipping pruned entries;
+* :func:`partition` / :func:`combine` / :func:`trainable` fine-tune centroids
+  with any optax optimizer (Deep Compression's trained quantization);
+* :func:`dequantize` gives back float parameters.
+"""
+
+from jaxrm.quant._kmeans import kmeans
+from jaxrm.quant._train import combine, partition, trainable
+from jaxrm.quant._types import Codebook, QArray, dequantize, is_quantized
+from jaxrm.quant._uniform import fake_quant, fake_quant_tree, uniform
+
+__all__ = [
+    "Codebook",
+    "QArray",
+    "combine",
+    "dequantize",
+    "fake_quant",
+    "fake_quant_tree",
+    "is_quantized",
+    "kmeans",
+    "partition",
+    "trainable",
+    "uniform",
+]
