@@ -269,14 +269,22 @@ def _dtype(spec, align=False, copy=False):
     return np.dtype(spec, align=bool(align), copy=bool(copy))
 
 
+def _latin1(text, encoding="latin1"):
+    # Protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1").
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("only _codecs.encode(str, 'latin1') is allowed")
+    return text.encode("latin1")
+
+
 class _NumpyOnly(pickle.Unpickler):
-    """Resolves only the three globals numpy's array pickles need."""
+    """Resolves only the globals numpy's array pickles need."""
 
     _GLOBALS = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): _dtype,
+        ("_codecs", "encode"): _latin1,
     }
 
     def find_class(self, module, name):

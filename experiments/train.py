@@ -159,27 +159,31 @@ def make_epoch(
 
 
 def error_rate(apply: Callable, params: Any, data: Data, *, batch: int = 1000) -> float:
-    """Test error (fraction misclassified) of ``params`` on the 10k test images."""
-    return float(_error(apply, params, data.x_test, data.y_test, batch))
-
-
-def _error(apply, params, x, y, batch):
-    return _error_jit(apply, batch)(params, x, y)
+    """Test error (fraction misclassified) of ``params`` on the test images."""
+    x, y = data.x_test, data.y_test
+    n = x.shape[0]
+    full = (n // batch) * batch
+    wrong = 0
+    if full:
+        wrong += int(_errors_jit(apply, batch)(params, x[:full], y[:full]))
+    if full < n:
+        rest = n - full
+        wrong += int(_errors_jit(apply, rest)(params, x[full:], y[full:]))
+    return wrong / n
 
 
 _cache: dict = {}
 
 
-def _error_jit(apply, batch):
+def _errors_jit(apply, batch):
     key = (apply, batch)
     if key not in _cache:
 
         @jax.jit
         def f(params, x, y):
-            n = x.shape[0] // batch
-            xb = x[: n * batch].reshape(n, batch, *x.shape[1:])
+            xb = x.reshape(-1, batch, *x.shape[1:])
             preds = jax.lax.map(lambda b: apply(params, _inputs(b)).argmax(-1), xb)
-            return jnp.mean(preds.reshape(-1) != y[: n * batch])
+            return jnp.sum(preds.reshape(-1) != y)
 
         _cache[key] = f
     return _cache[key]
