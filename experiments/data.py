@@ -30,7 +30,7 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -63,10 +63,22 @@ FILES = {
 # sha256 of the published gzipped IDX files (the checksums the TensorFlow
 # Datasets catalogue records for MNIST).
 IDX_SHA256 = {
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    "train-images-idx3-ubyte.gz": (
+        "440fcabf73cc546fa21475e81ea37026"
+        "5605f56be210a4024d2ca8f203523609"
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "3552534a0a558bbed6aed32b30c495cc"
+        "a23d567ec52cac8be1a0730e8010255c"
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "8d422c7b0a1c1c79245a5bcf07fe86e3"
+        "3eeafee792b84584aec276f5a2dbc4e6"
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "f7ae60f92e00ec6debd23a6088c31dbd"
+        "2371eca3ffa0defaefb259924204aec6"
+    ),
 }
 
 # Public mirrors of the original IDX files (base URLs ending in "/").
@@ -146,7 +158,9 @@ def parse_idx(data: bytes, *, name: str = "data") -> np.ndarray:
     shape = struct.unpack(">" + "I" * ndim, data[4:header])
     size = int(np.prod(shape))
     if len(data) != header + size:
-        raise DataError(f"{name}: expected {header + size} bytes for shape {shape}, got {len(data)}")
+        raise DataError(
+            f"{name}: expected {header + size} bytes for shape {shape}, got {len(data)}"
+        )
     return np.frombuffer(data, np.uint8, size, header).reshape(shape).copy()
 
 
@@ -279,7 +293,7 @@ def _latin1(text, encoding="latin1"):
 class _NumpyOnly(pickle.Unpickler):
     """Resolves only the globals numpy's array pickles need."""
 
-    _GLOBALS = {
+    _GLOBALS: ClassVar[dict] = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,

@@ -37,7 +37,9 @@ def _parse_set(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in fields or key in ("name", "model"):
-            raise SystemExit(f"--set expects FIELD=VALUE with FIELD in {sorted(fields)}; got {item!r}")
+            raise SystemExit(
+                f"--set expects FIELD=VALUE with FIELD in {sorted(fields)}; got {item!r}"
+            )
         try:
             v = json.loads(value)
         except json.JSONDecodeError:

@@ -130,7 +130,8 @@ CONFIGS: dict[tuple[str, str], Config] = {
         dense_epochs=12,
         dense_lr=0.05,
         densities=(
-            ("conv1/kernel", 0.5), ("conv2/kernel", 0.08), ("ip1/kernel", 0.03), ("ip2/kernel", 0.15)
+            ("conv1/kernel", 0.5), ("conv2/kernel", 0.08),
+            ("ip1/kernel", 0.03), ("ip2/kernel", 0.15),
         ),
         prune_mode="polynomial",
         prune_epochs=4,
@@ -357,7 +358,8 @@ class _Run:
         opt = _sgd(optax.cosine_decay_schedule(cfg.dense_lr, steps), 0.9, cfg.weight_decay)
         params, _, secs = self._train("dense", init, opt, cfg.dense_epochs, augment=cfg.augment)
         rec = {"error": train.error_rate(self.apply, params, self.data), "seconds": secs,
-               "epochs": cfg.dense_epochs, "params": int(jaxrm.tree.count(params, jaxrm.tree.arrays))}
+               "epochs": cfg.dense_epochs,
+               "params": int(jaxrm.tree.count(params, jaxrm.tree.arrays))}
         self._stage_done("dense", {"params": params}, rec)
         return params, rec
 
@@ -403,7 +405,9 @@ class _Run:
                     theta = prune.apply(theta, masks)
                 return theta, masks
         else:
-            raise ValueError(f"prune_mode must be 'iterative' or 'polynomial', got {cfg.prune_mode!r}")
+            raise ValueError(
+                f"prune_mode must be 'iterative' or 'polynomial', got {cfg.prune_mode!r}"
+            )
 
         # The paper's retraining rate (1/10 of the original), held while the
         # masks change, then decayed to 0 (cosine) over the final retraining.

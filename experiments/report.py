@@ -138,7 +138,6 @@ def plot_weights(path: Path, dense: Any, pruned: Any, quantized: Any) -> None:
     name = _largest(dense)
     d = np.asarray(dict(jaxrm.tree.leaves_with_paths(dense))[name]).ravel()
     p = np.asarray(dict(jaxrm.tree.leaves_with_paths(pruned))[name]).ravel()
-    qleaf = dict(jaxrm.tree.leaves_with_paths(quantized, keep_none=False))
     deq = dict(jaxrm.tree.leaves_with_paths(quant.dequantize(quantized)))[name]
     q = np.asarray(deq).ravel()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -150,7 +149,6 @@ def plot_weights(path: Path, dense: Any, pruned: Any, quantized: Any) -> None:
     vals, counts = np.unique(q[q != 0], return_counts=True)
     axes[2].bar(vals, counts, width=lim / 100, color="tab:orange")
     axes[2].set_title(f"quantized ({vals.size} shared values)")
-    del qleaf
     for ax in axes:
         ax.set_xlim(-lim, lim)
         ax.set_xlabel("weight value")

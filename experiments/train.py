@@ -69,7 +69,8 @@ def split_floats(tree: Any) -> tuple[dict, dict, Any]:
     leaves, treedef = jax.tree.flatten(tree)
     theta, frozen = {}, {}
     for i, leaf in enumerate(leaves):
-        (theta if jnp.issubdtype(jnp.result_type(leaf), jnp.floating) else frozen)[f"{i:04d}"] = leaf
+        floating = jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        (theta if floating else frozen)[f"{i:04d}"] = leaf
     return theta, frozen, treedef
 
 

@@ -18,7 +18,8 @@ from experiments import data
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
-    return struct.pack(">HBB", 0, 8, a.ndim) + struct.pack(">" + "I" * a.ndim, *a.shape) + a.tobytes()
+    head = struct.pack(">HBB", 0, 8, a.ndim) + struct.pack(">" + "I" * a.ndim, *a.shape)
+    return head + a.tobytes()
 
 
 def small(seed=0, n=7, m=3):
@@ -161,7 +162,8 @@ def test_mirror_with_hash_check_falls_through_to_good_mirror(tmp_path, monkeypat
     monkeypatch.delenv("JAXRM_DATA", raising=False)
     good, bad = small(3), small(4)
     files = gz_files(good)
-    monkeypatch.setattr(data, "IDX_SHA256", {k: hashlib.sha256(v).hexdigest() for k, v in files.items()})
+    hashes = {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    monkeypatch.setattr(data, "IDX_SHA256", hashes)
     s_bad, s_good = _Server(gz_files(bad)), _Server(files)
     # A port where nothing listens: connection refused.
     with socket.socket() as s:
@@ -183,13 +185,15 @@ def test_hanging_mirror_times_out(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXRM_DATA", raising=False)
     good = small(5)
     files = gz_files(good)
-    monkeypatch.setattr(data, "IDX_SHA256", {k: hashlib.sha256(v).hexdigest() for k, v in files.items()})
+    hashes = {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+    monkeypatch.setattr(data, "IDX_SHA256", hashes)
     hang = socket.socket()
     hang.bind(("127.0.0.1", 0))
     hang.listen(8)  # accepts connections, never answers
     s_good = _Server(files)
     try:
-        monkeypatch.setattr(data, "MIRRORS", [f"http://127.0.0.1:{hang.getsockname()[1]}/", s_good.url])
+        hung = f"http://127.0.0.1:{hang.getsockname()[1]}/"
+        monkeypatch.setattr(data, "MIRRORS", [hung, s_good.url])
         monkeypatch.setattr(data, "_from_wheel", _no_wheel)
         assert_same(data.load_mnist(cache=tmp_path / "c.npz", timeout=0.5, quiet=True), good)
     finally:
@@ -316,5 +320,6 @@ def test_real_mnist_from_cache():
         pytest.skip("MNIST is not cached on this machine")
     m = data.load_mnist(download=False, quiet=True)
     assert m.train_images.shape == (60000, 28, 28) and m.test_images.shape == (10000, 28, 28)
-    assert list(m.train_labels[:5]) == [5, 0, 4, 1, 9] and list(m.test_labels[:5]) == [7, 2, 1, 0, 4]
+    assert list(m.train_labels[:5]) == [5, 0, 4, 1, 9]
+    assert list(m.test_labels[:5]) == [7, 2, 1, 0, 4]
     assert np.bincount(m.test_labels, minlength=10).sum() == 10000

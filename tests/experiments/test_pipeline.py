@@ -44,7 +44,8 @@ def _write_idx_dir(path, x, y, xt, yt):
     path.mkdir()
 
     def idx(a):
-        return struct.pack(">HBB", 0, 8, a.ndim) + struct.pack(">" + "I" * a.ndim, *a.shape) + a.tobytes()
+        head = struct.pack(">HBB", 0, 8, a.ndim) + struct.pack(">" + "I" * a.ndim, *a.shape)
+        return head + a.tobytes()
 
     for stem, a in [("train-images-idx3-ubyte", x), ("train-labels-idx1-ubyte", y),
                     ("t10k-images-idx3-ubyte", xt), ("t10k-labels-idx1-ubyte", yt)]:
@@ -130,10 +131,22 @@ def test_resume_ends_with_the_same_result(tmp_path, tiny_data, config):
     epochs = 1 + cfg.prune_rounds * cfg.prune_epochs + cfg.prune_final_epochs + 1
     if config == "best":
         epochs = 1 + cfg.prune_epochs + cfg.prune_final_epochs + 1
-    for stop in range(1, epochs):  # interrupt after each epoch of every stage
+    # Interrupt at the end of the dense stage, inside pruning, and inside quantization.
+    for stop in sorted({1, 3, epochs - 1}):
         d = tmp_path / f"stop{stop}"
         assert _run(d, tiny_data, cfg, stop_after=stop) is None
         got = pipeline.run_seed(cfg, 3, tiny_data, d, resume=True, quiet=True)
         assert (d / "model.jrm").read_bytes() == ref_bytes
         assert got["error"] == ref["error"]
         assert got["prune"]["density"] == ref["prune"]["density"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["paper", "best"])
+def test_tiny_lenet5_run(tmp_path, tiny_data, config):
+    cfg = pipeline.get_config("lenet-5", config, **TINY)
+    r = pipeline.run_seed(cfg, 0, tiny_data, tmp_path, quiet=True)
+    decoded = coding.load(tmp_path / "model.jrm")
+    assert decoded["conv1"]["kernel"].shape == (5, 5, 1, 20)
+    assert r["error"] == train.error_rate(models.apply_fn("lenet-5"), decoded, tiny_data)
+    assert r["ratio"] > 10
