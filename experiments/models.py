@@ -33,6 +33,17 @@ class LeNet300100(nn.Module):
         return nn.Dense(10, kernel_init=_xavier, name="ip3")(x)
 
 
+def _max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2 on even sizes, as a reshape and a max.
+
+    Equal to ``nn.max_pool(x, (2, 2), strides=(2, 2))``; its gradient is an
+    elementwise select, much faster on CPU than the select-and-scatter of
+    ``reduce_window``.
+    """
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class LeNet5(nn.Module):
     """conv 20 5x5, pool, conv 50 5x5, pool, fc 500, ReLU, fc 10 (431,080 parameters).
 
@@ -45,9 +56,9 @@ class LeNet5(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         conv = dict(padding="VALID", kernel_init=_xavier)
         x = nn.Conv(20, (5, 5), name="conv1", **conv)(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = _max_pool_2x2(x)
         x = nn.Conv(50, (5, 5), name="conv2", **conv)(x)
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = _max_pool_2x2(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(500, kernel_init=_xavier, name="ip1")(x))
         return nn.Dense(10, kernel_init=_xavier, name="ip2")(x)

@@ -47,6 +47,7 @@ class Config:
     name: str
     model: str
     batch: int = 128
+    scan: bool = True  # one lax.scan per epoch; False: a jitted step per batch (convs on CPU)
     # stage 1: dense reference (SGD with momentum, cosine learning rate)
     dense_epochs: int = 15
     dense_lr: float = 0.1
@@ -97,6 +98,7 @@ CONFIGS: dict[tuple[str, str], Config] = {
     ("lenet-5", "paper"): _lenet5(
         "paper",
         batch=64,
+        scan=False,
         dense_epochs=12,
         dense_lr=0.05,
         densities=_P5,
@@ -129,6 +131,7 @@ CONFIGS: dict[tuple[str, str], Config] = {
     ("lenet-5", "best"): _lenet5(
         "best",
         batch=64,
+        scan=False,
         dense_epochs=12,
         dense_lr=0.05,
         densities=(
@@ -324,7 +327,7 @@ class _Run:
             start, elapsed = meta["epoch"], meta["seconds"]
         epoch_fn = train.make_epoch(
             self.apply, opt, batch=batch or self.cfg.batch, to_params=to_params, project=project,
-            kd=kd, temperature=self.cfg.temperature, augment=augment,
+            kd=kd, temperature=self.cfg.temperature, augment=augment, scan=self.cfg.scan,
         )
         bar = _progress(epochs, f"{self.cfg.short()} s{self.seed} {stage}", self.quiet)
         bar.update(start)

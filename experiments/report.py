@@ -222,6 +222,9 @@ def plot_tradeoff(path: Path, sw: dict, ours: list[tuple[str, float, float]]) ->
     for label, ratio, err in ours:
         ax.plot([ratio], [100 * err], "*", markersize=14, label=label)
     ax.set_xscale("log")
+    ticks = [t for t in (1, 2, 5, 10, 20, 40, 60, 100, 200) if t <= 1.5 * ax.get_xlim()[1]]
+    ax.set_xticks(ticks, [f"{t}x" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("compression rate (dense float32 bytes / file bytes)")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(0, min(15.0, ax.get_ylim()[1]))
