@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxrm import tree as jtree
 from jaxrm.prune import _patterns
+from jaxrm.prune._trees import aligned
 
 __all__ = ["apply", "masks", "threshold"]
 
@@ -174,24 +175,21 @@ def _select_units(units: list[jax.Array], ks: jax.Array, scope: str) -> list[jax
     """Keep-flags of the highest units: numpy on the host for CPU, radix selection elsewhere.
 
     XLA's CPU reductions and scatters are much slower than numpy's vectorized
-    comparisons, so on CPU the selection runs as a callback; on GPU and TPU
-    the radix selection stays on the device. Both give the same masks.
+    comparisons, so with a CPU backend the selection runs as a host callback;
+    on GPU and TPU the radix selection stays on the device. Both give the
+    same masks. (The choice is made when tracing, so a CPU program does not
+    also compile the device path.)
     """
-
-    def on_device(units, ks):
+    if jax.default_backend() != "cpu":
         return _select_device(units, ks, scope)
-
-    def on_host(units, ks):
-        shapes = [jax.ShapeDtypeStruct(u.shape, jnp.bool_) for u in units]
-        return jax.pure_callback(
-            functools.partial(_select_host, scope=scope),
-            shapes,
-            units,
-            ks,
-            vmap_method="sequential",
-        )
-
-    return jax.lax.platform_dependent(units, ks, cpu=on_host, default=on_device)
+    shapes = [jax.ShapeDtypeStruct(u.shape, jnp.bool_) for u in units]
+    return jax.pure_callback(
+        functools.partial(_select_host, scope=scope),
+        shapes,
+        units,
+        ks,
+        vmap_method="sequential",
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("pattern", "scope", "host"))
@@ -287,8 +285,12 @@ def _per_leaf_sparsity(scores, sparsity, flat, picked) -> list:
     if _is_scalar(sparsity) or isinstance(sparsity, bool | np.bool_):
         s = check_sparsity(sparsity)
         return [s] * len(picked)
-    jtree.check_matches(scores, sparsity, "sparsity", shapes=False)
-    values = [v for _, v in jtree.leaves_with_paths(sparsity, keep_none=True)]
+    if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(sparsity)):
+        raise TypeError(
+            "sparsity must be a float in [0, 1) or a pytree of per-leaf floats, got "
+            f"{type(sparsity).__name__}"
+        )
+    values = aligned(scores, sparsity, "sparsity", shapes=False)
     out = []
     for i in picked:
         path = flat[i][0]
@@ -307,21 +309,38 @@ def build(scores: Any, flat: list, picked: list[int], computed: list) -> Any:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _on_cpu_and_concrete(arrays, ks) -> bool:
+    if _is_traced(ks) or any(_is_traced(x) for x in arrays):
+        return False
+    for x in arrays:
+        if isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.devices()):
+            return False
+        if not isinstance(x, jax.Array | np.ndarray):
+            return False
+    return True
+
+
 def compute_masks(scores, flat, picked, sparsities, scope, pattern, *, host=True) -> list:
     """The selected leaves' masks, with sparsities already checked."""
     arrays = tuple(flat[i][1] for i in picked)
+    if isinstance(pattern, _patterns.NM):
+        scope = "layer"  # N:M picks within groups: there is nothing global to rank
+    counts = [_patterns.unit_count(pattern, tuple(x.shape)) for x in arrays]
     if scope == "global":
-        units = sum(_patterns.unit_count(pattern, tuple(x.shape)) for x in arrays)
-        ks = jnp.asarray(kept_count(sparsities[0], units), jnp.int32)
+        ks = [kept_count(sparsities[0], sum(counts))]
     else:
-        ks = jnp.stack(
-            [
-                jnp.asarray(kept_count(s, _patterns.unit_count(pattern, tuple(x.shape))),
-                            jnp.int32)
-                for s, x in zip(sparsities, arrays)
-            ]
-        )
-    return _compute(arrays, ks, pattern, scope, host)
+        ks = [kept_count(s, n) for s, n in zip(sparsities, counts)]
+    if all(isinstance(k, int) for k in ks):
+        ks = np.asarray(ks, np.int32)
+    else:
+        ks = jnp.stack([jnp.asarray(k, jnp.int32) for k in ks])
+    if scope == "global":
+        ks = ks[0]
+    if host and pattern is None and _on_cpu_and_concrete(arrays, ks):
+        # Eager on CPU: run the numpy selection directly, with no compilation.
+        keep = _select_host(arrays, ks, scope)
+        return [jnp.asarray(f.reshape(x.shape)) for f, x in zip(keep, arrays)]
+    return _compute(arrays, jnp.asarray(ks), pattern, scope, host)
 
 
 # --------------------------------------------------------------------------
@@ -407,9 +426,8 @@ def apply(params: Any, masks: Any) -> Any:
       ValueError: ``masks`` does not match ``params`` (names the leaf path).
       TypeError: a mask leaf is not a ``bool`` array.
     """
-    jtree.check_matches(params, masks, "masks")
+    m_leaves = aligned(params, masks, "masks")
     p_flat = jtree.leaves_with_paths(params)
-    m_leaves = [m for _, m in jtree.leaves_with_paths(masks, keep_none=True)]
     out = []
     for (path, x), m in zip(p_flat, m_leaves):
         if m is None:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrm import tree as jtree
+from jaxrm.prune._trees import aligned
 
 __all__ = ["magnitude", "random", "saliency"]
 
@@ -49,9 +50,8 @@ def saliency(params: Any, grads: Any) -> Any:
     Raises:
       ValueError: ``grads`` does not match ``params`` (names the leaf path).
     """
-    jtree.check_matches(params, grads, "grads")
+    g_leaves = aligned(params, grads, "grads")
     p_leaves = jtree.leaves_with_paths(params)
-    g_leaves = [g for _, g in jtree.leaves_with_paths(grads, keep_none=True)]
     out = []
     for (path, p), g in zip(p_leaves, g_leaves):
         if _is_float_array(p):

@@ -32,9 +32,7 @@ def per_leaf(
     """
     if scalar(value):
         return lambda path, leaf: value
-    if isinstance(value, bool | float | complex | str | np.number) or (
-        jtree.is_array(value) and not isinstance(params, type(value))
-    ):
+    if isinstance(value, bool | float | complex | str | np.number) or jtree.is_array(value):
         raise TypeError(
             f"{argument} must be an int, a pytree of the parameters' structure or a "
             f"callable (path, leaf) -> value, got {value!r}"

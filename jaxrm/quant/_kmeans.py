@@ -133,26 +133,26 @@ def lloyd(s: np.ndarray, centroids: np.ndarray, iters: int) -> tuple[np.ndarray,
 
 def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of the nearest of the sorted ``centroids`` for each entry of ``x``
-    (the lower one on an exact tie), as int64."""
+    (the lower one on an exact tie), as an unsigned or ``intp`` integer array."""
     t = _thresholds(centroids, x.dtype)
     if t.size <= 64:  # k compare-and-add passes beat a binary search per entry
         labels = np.zeros(x.shape, np.uint8)
         for v in t:
             labels += x > v
-        return labels.astype(np.int64)
-    return np.searchsorted(t, x, side="left").astype(np.int64)
+        return labels
+    return np.searchsorted(t, x, side="left")
 
 
 def cluster(
     values: np.ndarray, k: int, init: str, iters: int, rng: np.random.Generator | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """1-D k-means of a flat array; returns ``(centroids float64, labels int64)``.
+    """1-D k-means of a flat array; returns ``(centroids float64, integer labels)``.
 
     If ``values`` has at most ``k`` distinct entries, the centroids are those
     entries (fewer than ``k``, zero error). No entries give one centroid 0.0.
     """
     if values.size == 0:
-        return np.zeros(1), np.zeros(0, np.int64)
+        return np.zeros(1), np.zeros(0, np.uint8)
     s = np.sort(values)
     distinct = 1 + int(np.count_nonzero(s[1:] != s[:-1]))
     if distinct <= k:

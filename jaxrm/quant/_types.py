@@ -47,6 +47,7 @@ class QArray:
         return tuple(self.values.shape)
 
     def dequantize(self) -> jax.Array:
+        """Returns ``(values - zero_point) * scale`` in the original dtype."""
         x = (self.values.astype(jnp.float32) - self.zero_point) * self.scale
         return x.astype(self.dtype)
 
@@ -84,6 +85,7 @@ class Codebook:
         return tuple(self.indices.shape)
 
     def dequantize(self) -> jax.Array:
+        """Returns ``centroids[indices]`` (0 where pruned) in the original dtype."""
         x = jnp.take(self.centroids, self.indices.astype(jnp.int32), axis=0)
         if self.mask is not None:
             x = jnp.where(self.mask, x, jnp.zeros((), x.dtype))
@@ -91,7 +93,14 @@ class Codebook:
 
 
 def is_quantized(x: Any) -> bool:
-    """True for ``QArray`` and ``Codebook`` leaves."""
+    """True for ``QArray`` and ``Codebook`` leaves.
+
+    Args:
+      x: any object (typically a pytree node, e.g. as ``is_leaf`` of ``jax.tree.map``).
+
+    Returns:
+      Whether ``x`` is a quantized leaf.
+    """
     return isinstance(x, QArray | Codebook)
 
 
@@ -100,6 +109,12 @@ def dequantize(tree: Any) -> Any:
 
     Each ``QArray``/``Codebook`` becomes an array of its original shape and
     dtype; other leaves are returned unchanged. Works under ``jit`` and ``grad``.
+
+    Args:
+      tree: a pytree, possibly holding ``QArray``/``Codebook`` leaves.
+
+    Returns:
+      A pytree of the same structure with only array (and other) leaves.
     """
     return jax.tree.map(
         lambda x: x.dequantize() if is_quantized(x) else x, tree, is_leaf=is_quantized

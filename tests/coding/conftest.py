@@ -47,7 +47,8 @@ def make_leaf(rng, kind, shape, density, bits, dtype):
     if kind in ("qarray", "qarray-masked", "qarray-channel"):
         top = 2 ** (bits - 1) - 1
         if kind == "qarray-channel" and len(shape) >= 1:
-            s = np.abs(w).max(axis=tuple(range(1, len(shape))), keepdims=True) / max(top, 1)
+            s = np.abs(w).max(axis=tuple(range(1, len(shape))), keepdims=True, initial=0.0)
+            s = s / max(top, 1)
             s = np.where(s > 0, s, 1.0).astype(np.float32)
             axis = 0
         else:

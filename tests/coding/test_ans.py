@@ -15,7 +15,7 @@ def entropy_bytes(sym):
     return float(-(c * np.log2(c / c.sum())).sum()) / 8
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     st.integers(0, 2**32 - 1),
     st.sampled_from([0, 1, 7, 1000, 20_000]),

@@ -155,7 +155,7 @@ def fuzz_sections(data, rng, trials):
 def test_section_garbage_behind_valid_crcs(files):
     rng = np.random.default_rng(2)
     for data in files.values():
-        fuzz_sections(data, rng, 60)
+        fuzz_sections(data, rng, 40)
 
 
 @pytest.mark.slow
@@ -169,3 +169,14 @@ def test_thousands_of_random_corruptions(files):
                 bad[int(rng.integers(len(bad)))] ^= int(rng.integers(1, 256))
             rejects(bytes(bad))
             rejects(data[: int(rng.integers(len(data)))])
+
+
+def test_multi_lane_streams_behind_valid_crcs():
+    # streams long enough for several Huffman/rANS lanes, garbage in their sections
+    rng = np.random.default_rng(4)
+    from conftest import make_leaf
+
+    cb, _ = make_leaf(rng, "codebook-arg", (60, 80), 0.5, 4, "float32")
+    for entropy in ("huffman", "ans"):
+        data = coding.encode({"c": cb}, entropy=entropy)
+        fuzz_sections(data, rng, 10)

@@ -44,7 +44,7 @@ leaf_specs = st.tuples(
 )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     st.integers(0, 2**32 - 1),
     st.lists(leaf_specs, min_size=1, max_size=4),
@@ -206,3 +206,26 @@ def test_save_load_and_atomicity(tmp_path, small_tree, monkeypatch):
     with pytest.raises(TypeError):
         coding.save(tmp_path / "bad.jrm", {"x": "not an array"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.jrm"]
+
+
+def test_codebook_mask_and_masks_combine_and_per_channel_qarray_masked():
+    rng = np.random.default_rng(5)
+    cb, _ = make_leaf(rng, "codebook", (12, 10), 0.6, 4, "bfloat16")
+    qa, _ = make_leaf(rng, "qarray-channel", (6, 9), 1.0, 6, "float16")
+    m_cb = jnp.asarray(rng.random((12, 10)) < 0.5)
+    m_qa = jnp.asarray(rng.random((6, 9)) < 0.3)
+    tree, masks = {"cb": cb, "qa": qa}, {"cb": m_cb, "qa": m_qa}
+    out = coding.decode(coding.encode(tree, masks=masks, entropy="ans"))
+    zero = lambda x, m: jnp.where(m, x, jnp.zeros((), x.dtype))
+    assert_bitwise(out["cb"], zero(cb.dequantize(), m_cb & cb.mask))
+    assert_bitwise(out["qa"], zero(qa.dequantize(), m_qa))
+
+
+def test_equinox_module():
+    import equinox as eqx
+
+    model = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.PRNGKey(0))
+    params = eqx.filter(model, eqx.is_array)
+    out = coding.decode(coding.encode(params), like=params)
+    chex.assert_trees_all_equal(out, params)
+    assert set(coding.decode(coding.encode(params))) == {"layers"}

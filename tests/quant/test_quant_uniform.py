@@ -105,7 +105,7 @@ def test_symmetric_grid_uses_full_signed_range():
     np.testing.assert_allclose(float(q.scale.squeeze()), 2.0 / 7)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.integers(2, 16), st.integers(0, 2**31 - 1), st.sampled_from([None, 0, 1]))
 def test_asymmetric_represents_zero_exactly(bits, seed, axis):
     rng = np.random.default_rng(seed)

@@ -1,0 +1,212 @@
+"""Pruning speed: jaxrm.prune next to torch.nn.utils.prune (and jaxpruner if installed).
+
+1. Global magnitude masks over 20 leaves of 1000x1000 float32 at sparsity 0.9,
+   against ``torch.nn.utils.prune.global_unstructured`` (L1Unstructured) on
+   the same weights, and against one numpy pass over the weights (``np.abs``).
+2. The cost of a training step with ``sparsify`` (MLP 784-1024-1024-10,
+   batch 256, adam, masks recomputed every 10 steps) relative to the dense step.
+
+Run: ``python benchmarks/prune.py`` (``make bench`` runs every benchmark).
+Each timing is the best of several repeats after a warm-up; JAX results are
+waited for with ``block_until_ready``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrm import prune
+
+
+def best_of(fn, repeats: int, setup=None) -> float:
+    """Best wall time of ``fn()`` over ``repeats`` runs (after one warm-up)."""
+    arg = setup() if setup else None
+    jax.block_until_ready(fn(arg) if setup else fn())
+    best = float("inf")
+    for _ in range(repeats):
+        arg = setup() if setup else None
+        start = time.perf_counter()
+        jax.block_until_ready(fn(arg) if setup else fn())
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def table(rows, reference: str) -> None:
+    ref = dict((name, t) for name, t, _ in rows)[reference]
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'':{width}}  {'time (ms)':>10}  {'vs ' + reference:>22}  note")
+    for name, t, note in rows:
+        print(f"{name:{width}}  {t * 1e3:10.1f}  {t / ref:21.2f}x  {note}")
+
+
+def global_masks(repeats: int, leaves: int, size: int, sparsity: float) -> None:
+    print(f"== global magnitude masks: {leaves} leaves of {size}x{size} float32, "
+          f"sparsity {sparsity}")
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((size, size), dtype=np.float32) for _ in range(leaves)]
+    params = {f"layer{i}": {"kernel": jnp.asarray(w)} for i, w in enumerate(weights)}
+    rows = []
+
+    eager = lambda: prune.masks(prune.magnitude(params), sparsity, scope="global")
+    jitted_fn = jax.jit(lambda p: prune.masks(prune.magnitude(p), sparsity, scope="global"))
+    jitted = lambda: jitted_fn(params)
+    rows.append(("jaxrm masks (eager)", best_of(eager, repeats), "exact, ties by index"))
+    rows.append(("jaxrm masks (jit)", best_of(jitted, repeats), "same masks"))
+    rows.append(("numpy: one np.abs pass", best_of(lambda: [np.abs(w) for w in weights],
+                                                   repeats), "lower bound"))
+    ours = eager()
+    kept = sum(int(np.asarray(m["kernel"]).sum()) for m in ours.values())
+    assert kept == round((1 - sparsity) * leaves * size * size), kept
+
+    try:
+        import torch
+        from torch.nn.utils import prune as tprune
+    except ImportError:
+        torch = None
+        print("torch is not installed: skipping torch.nn.utils.prune")
+    if torch is not None:
+        def modules():
+            mods = []
+            for w in weights:
+                lin = torch.nn.Linear(size, size, bias=False)
+                with torch.no_grad():
+                    lin.weight.copy_(torch.from_numpy(w))
+                mods.append(lin)
+            return mods
+
+        def run_torch(mods):
+            tprune.global_unstructured(
+                [(m, "weight") for m in mods],
+                pruning_method=tprune.L1Unstructured,
+                amount=sparsity,
+            )
+            return mods
+
+        t = best_of(run_torch, max(2, repeats // 2), setup=modules)
+        mods = run_torch(modules())
+        same = all(
+            np.array_equal(m.weight_mask.numpy().astype(bool),
+                           np.asarray(ours[f"layer{i}"]["kernel"]))
+            for i, m in enumerate(mods)
+        )
+        rows.append((f"torch {torch.__version__} global_unstructured", t,
+                     f"masks identical: {same}"))
+
+    try:
+        import jaxpruner
+    except ImportError:
+        print("jaxpruner is not installed: skipping it")
+    else:
+        try:
+            import functools
+
+            pruner = jaxpruner.GlobalMagnitudePruning(
+                sparsity_distribution_fn=functools.partial(
+                    jaxpruner.sparsity_distributions.uniform, sparsity=sparsity
+                )
+            )
+            run_jp = lambda: pruner.instant_sparsify(params)[1]
+            rows.append(("jaxpruner GlobalMagnitudePruning", best_of(run_jp, repeats),
+                         "instant_sparsify"))
+        except Exception as e:  # its API has changed between releases
+            print(f"jaxpruner could not be timed: {type(e).__name__}: {e}")
+
+    table(rows, "jaxrm masks (eager)")
+    t_ours = min(t for n, t, _ in rows if n.startswith("jaxrm"))
+    t_np = dict((n, t) for n, t, _ in rows)["numpy: one np.abs pass"]
+    print(f"jaxrm / numpy pass: {t_ours / t_np:.2f}x")
+    for n, t, _ in rows:
+        if n.startswith("torch"):
+            print(f"torch / jaxrm: {t / t_ours:.1f}x faster")
+    print()
+
+
+def mlp_init(key, sizes):
+    params = {}
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        key, sub = jax.random.split(key)
+        params[f"Dense_{i}"] = {
+            "kernel": jax.random.normal(sub, (a, b), jnp.float32) / np.sqrt(a),
+            "bias": jnp.zeros((b,), jnp.float32),
+        }
+    return params
+
+
+def mlp_apply(params, x):
+    n = len(params)
+    for i in range(n):
+        layer = params[f"Dense_{i}"]
+        x = x @ layer["kernel"] + layer["bias"]
+        if i < n - 1:
+            x = jax.nn.relu(x)
+    return x
+
+
+def train_step_overhead(repeats: int, steps: int, batch: int, every: int) -> None:
+    print(f"== training step: MLP 784-1024-1024-10, batch {batch}, adam, "
+          f"masks every {every} steps ({steps} steps per timing)")
+    params0 = mlp_init(jax.random.key(0), [784, 1024, 1024, 10])
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, 784), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, size=batch))
+
+    def loss(p):
+        logits = mlp_apply(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def make(tx):
+        @jax.jit
+        def step(p, s):
+            g = jax.grad(loss)(p)
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        def run():
+            p, s = params0, tx.init(params0)
+            for _ in range(steps):
+                p, s = step(p, s)
+            return p
+
+        return run
+
+    dense = make(optax.adam(1e-3))
+    sparse = make(prune.sparsify(optax.adam(1e-3), prune.polynomial(0.9, 0, 10 * steps,
+                                                                    every=every),
+                                 every=every))
+    # Interleave the two so that both see the same machine load.
+    best_dense, best_sparse = float("inf"), float("inf")
+    jax.block_until_ready(dense())
+    jax.block_until_ready(sparse())
+    for _ in range(repeats):
+        best_dense = min(best_dense, best_of(dense, 1))
+        best_sparse = min(best_sparse, best_of(sparse, 1))
+    rows = [
+        ("dense adam step", best_dense / steps, ""),
+        ("sparsify(adam) step", best_sparse / steps, f"mean over {steps} steps"),
+    ]
+    table(rows, "dense adam step")
+    print(f"sparsify step / dense step: {best_sparse / best_dense:.3f}x")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--leaves", type=int, default=20)
+    parser.add_argument("--size", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.default_backend()}")
+    global_masks(args.repeats, args.leaves, args.size, 0.9)
+    train_step_overhead(args.repeats, args.steps, 256, 10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Exactness of masks: kept counts, kept entries are the top scores, ties, paths."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prune_reference import top_k_reference
+
+from jaxrm import prune
+from jaxrm.prune import _masks
+
+shapes = st.lists(st.integers(1, 40), min_size=2, max_size=3).map(tuple)
+sparsities = st.floats(0.0, 0.999, allow_nan=False)
+
+
+def _tree(rng, shapes, ties=False):
+    out = {}
+    for i, sh in enumerate(shapes):
+        if ties:
+            out[f"w{i}"] = rng.integers(-3, 4, size=sh).astype(np.float32)
+        else:
+            out[f"w{i}"] = rng.standard_normal(sh).astype(np.float32)
+    return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(shapes, min_size=1, max_size=3), sparsities, st.booleans(), st.integers(0, 99))
+def test_layer_scope_keeps_exact_top_counts(shape_list, s, ties, seed):
+    scores = _tree(np.random.default_rng(seed), shape_list, ties)
+    m = prune.masks(scores, s)
+    for name, x in scores.items():
+        k = round((1 - s) * x.size)
+        assert m[name].dtype == jnp.bool_ and m[name].shape == x.shape
+        assert int(np.asarray(m[name]).sum()) == k
+        np.testing.assert_array_equal(np.asarray(m[name]), top_k_reference([x], k)[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(shapes, min_size=1, max_size=3), sparsities, st.booleans(), st.integers(0, 99))
+def test_global_scope_keeps_exact_top_counts(shape_list, s, ties, seed):
+    scores = _tree(np.random.default_rng(seed), shape_list, ties)
+    m = prune.masks(scores, s, scope="global")
+    n = sum(x.size for x in scores.values())
+    k = round((1 - s) * n)
+    assert sum(int(np.asarray(v).sum()) for v in m.values()) == k
+    ref = top_k_reference(list(scores.values()), k)
+    for got, want in zip(m.values(), ref):
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan", "signed_zero"])
+def test_host_and_device_selection_agree(scope, kind):
+    # On CPU the selection runs in numpy; elsewhere the radix selection runs on
+    # the device. Both are forced here on the same inputs.
+    rng = np.random.default_rng(1)
+    scores = {
+        "a": rng.standard_normal((70, 90)).astype(np.float32),
+        "b": rng.standard_normal((300, 400)).astype(np.float32),
+    }
+    if kind == "ties":
+        scores = {k: np.round(v * 2) for k, v in scores.items()}
+    if kind == "nan":
+        scores["a"][::3, ::2] = np.nan
+    if kind == "signed_zero":
+        scores["b"][:, :200] = 0.0
+        scores["b"][:, 200:] = -0.0
+    flat, picked = _masks._selected_leaves(scores, None, None)
+    for s in (0.0, 0.3, 0.9, 0.97):
+        sp = [s] * len(picked)
+        host = _masks.compute_masks(scores, flat, picked, sp, scope, None, host=True)
+        dev = _masks.compute_masks(scores, flat, picked, sp, scope, None, host=False)
+        arrays = [flat[i][1] for i in picked]
+        if scope == "global":
+            ref = top_k_reference(arrays, round((1 - s) * sum(a.size for a in arrays)))
+        else:
+            ref = [top_k_reference([a], round((1 - s) * a.size))[0] for a in arrays]
+        for h, d, r in zip(host, dev, ref):
+            np.testing.assert_array_equal(np.asarray(h), r)
+            np.testing.assert_array_equal(np.asarray(d), r)
+
+
+def test_ties_break_towards_lower_flat_index():
+    scores = {"a": np.ones((2, 3), np.float32), "b": np.ones((3,), np.float32)}
+    m = prune.masks(scores, 0.5, scope="global", where="a|b")
+    # round(0.5 * 9) = 4 (round half to even) of 9 equal scores: the first 4 in
+    # flattening order, all in leaf "a".
+    np.testing.assert_array_equal(np.asarray(m["a"]).ravel(), [1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(np.asarray(m["b"]), [0, 0, 0])
+
+
+def test_large_leaf_uses_the_sampled_bracket_exactly():
+    rng = np.random.default_rng(2)
+    x = {"w": rng.standard_normal((600, 500)).astype(np.float32) ** 3}
+    for s in (0.5, 0.9, 0.999):
+        m = prune.masks(x, s)
+        k = round((1 - s) * x["w"].size)
+        np.testing.assert_array_equal(np.asarray(m["w"]), top_k_reference([x["w"]], k)[0])
+
+
+def test_unselected_leaves_are_none_and_where_is_honoured():
+    rng = np.random.default_rng(3)
+    params = {
+        "Dense_0": {"kernel": rng.standard_normal((4, 5)), "bias": rng.standard_normal(5)},
+        "Dense_1": {"kernel": rng.standard_normal((5, 2)), "bias": rng.standard_normal(2)},
+    }
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    m = prune.masks(prune.magnitude(params), 0.5)
+    assert m["Dense_0"]["bias"] is None and m["Dense_1"]["bias"] is None
+    assert m["Dense_0"]["kernel"].shape == (4, 5)
+    m = prune.masks(prune.magnitude(params), 0.5, where="Dense_1/kernel")
+    assert m["Dense_0"]["kernel"] is None and m["Dense_1"]["kernel"] is not None
+
+
+def test_per_leaf_sparsity_tree():
+    rng = np.random.default_rng(4)
+    params = {"a": rng.standard_normal((10, 10)), "b": rng.standard_normal((20, 5))}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    m = prune.masks(prune.magnitude(params), {"a": 0.25, "b": 0.75})
+    assert int(m["a"].sum()) == 75 and int(m["b"].sum()) == 25
+
+
+def test_traced_sparsity_under_jit_matches_eager():
+    rng = np.random.default_rng(5)
+    params = {"a": jnp.asarray(rng.standard_normal((30, 40)), jnp.float32)}
+    f = jax.jit(lambda p, s: prune.masks(prune.magnitude(p), s))
+    for s in (0.1, 0.5, 0.875):
+        got = f(params, jnp.float32(s))
+        want = prune.masks(prune.magnitude(params), s)
+        np.testing.assert_array_equal(np.asarray(got["a"]), np.asarray(want["a"]))
+
+
+def test_vmap_over_stacked_scores():
+    rng = np.random.default_rng(6)
+    stacked = jnp.asarray(rng.standard_normal((3, 8, 8)), jnp.float32)
+    m = jax.vmap(lambda x: prune.masks({"w": x}, 0.5)["w"])(stacked)
+    for i in range(3):
+        np.testing.assert_array_equal(
+            np.asarray(m[i]), top_k_reference([np.asarray(stacked[i])], 32)[0]
+        )
+
+
+def test_apply_zeroes_pruned_and_keeps_structure():
+    rng = np.random.default_rng(7)
+    params = {"k": jnp.asarray(rng.standard_normal((6, 6)), jnp.float32), "b": jnp.ones(6)}
+    m = prune.masks(prune.magnitude(params), 0.5)
+    pruned = prune.apply(params, m)
+    chex.assert_trees_all_equal_shapes_and_dtypes(pruned, params)
+    np.testing.assert_array_equal(
+        np.asarray(pruned["k"]), np.where(np.asarray(m["k"]), np.asarray(params["k"]), 0)
+    )
+    np.testing.assert_array_equal(np.asarray(pruned["b"]), np.ones(6))
+
+
+def test_inputs_are_not_mutated():
+    rng = np.random.default_rng(8)
+    params = {"k": rng.standard_normal((16, 16)).astype(np.float32)}
+    before = params["k"].copy()
+    scores = prune.magnitude(params)
+    m = prune.masks(scores, 0.7, scope="global")
+    prune.apply(params, m)
+    prune.threshold(params, 1.0)
+    np.testing.assert_array_equal(params["k"], before)
+    np.testing.assert_array_equal(np.asarray(scores["k"]), np.abs(before))
+
+
+def test_threshold_matches_numpy_rule():
+    rng = np.random.default_rng(9)
+    params = {"a": rng.standard_normal((50, 40)).astype(np.float32) * 0.3,
+              "b": rng.standard_normal(40).astype(np.float32)}
+    for q in (0.0, 0.5, 1.0, 2.0):
+        m = prune.threshold(params, q)
+        assert m["b"] is None
+        w = params["a"].astype(np.float64)
+        limit = q * np.std(w)
+        want = np.abs(w) > limit
+        got = np.asarray(m["a"])
+        # Entries within float32 rounding of the limit may go either way.
+        near = np.abs(np.abs(w) - limit) <= 1e-6 * max(limit, 1e-30)
+        np.testing.assert_array_equal(got[~near], want[~near])
+
+
+def test_equinox_module_through_filter():
+    eqx = pytest.importorskip("equinox")
+    model = eqx.nn.MLP(6, 3, width_size=8, depth=2, key=jax.random.key(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    m = prune.masks(prune.magnitude(params), 0.5, scope="global")
+    kernels = [x for x in jax.tree_util.tree_leaves(m) if x is not None]
+    assert len(kernels) == 3  # the three weight matrices; biases stay None
+    n = sum(k.size for k in kernels)
+    assert sum(int(np.asarray(k).sum()) for k in kernels) == round(0.5 * n)
+    pruned = eqx.combine(prune.apply(params, m), static)
+    assert pruned(jnp.ones(6)).shape == (3,)
+    assert prune.summary(prune.apply(params, m), where=None).density == pytest.approx(0.5)
