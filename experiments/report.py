@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,22 @@ def _pct(x: float, digits: int = 2) -> str:
 
 def _layer_name(path: str) -> str:
     return path.split("/")[0]
+
+
+def _overrides(results: dict) -> list[str]:
+    """A note listing the fields that differ from the named configuration."""
+    import dataclasses
+
+    from experiments import pipeline
+
+    base = dataclasses.asdict(pipeline.get_config(results["model"], results["config"]["name"]))
+    diff = {k: v for k, v in results["config"].items()
+            if k in base and json.dumps(v) != json.dumps(base[k])}
+    if not diff:
+        return []
+    items = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in diff.items())
+    return [f"**Shortened or modified run**: differs from config `{results['config']['name']}` "
+            f"in {items}.", ""]
 
 
 def tables(results: dict) -> str:
@@ -44,6 +61,7 @@ def tables(results: dict) -> str:
         f"{s['seeds']}, mean {pm} std where more than one; error and size measured "
         "from the decoded `model.jrm`.",
         "",
+        *_overrides(results),
         "## Table 1: error and size",
         "",
         "| | ref. error | compressed error | ref. size | compressed size | ratio |",
