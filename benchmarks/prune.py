@@ -193,6 +193,40 @@ def train_step_overhead(repeats: int, steps: int, batch: int, every: int) -> Non
     ]
     table(rows, "dense adam step")
     print(f"sparsify step / dense step: {best_sparse / best_dense:.3f}x")
+
+    # Steps one by one: what a mask refresh costs over a plain step.
+    sparse_tx = prune.sparsify(optax.adam(1e-3), prune.constant(0.9), every=every)
+    dense_tx = optax.adam(1e-3)
+
+    def stepper(tx):
+        @jax.jit
+        def step(p, s):
+            g = jax.grad(loss)(p)
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        return step
+
+    s_step, d_step = stepper(sparse_tx), stepper(dense_tx)
+    ps, ss = s_step(params0, sparse_tx.init(params0))
+    pd, sd = d_step(params0, dense_tx.init(params0))
+    jax.block_until_ready((ps, pd))
+    refresh, plain, dense_times = [], [], []
+    for i in range(1, 6 * every + 1):
+        start = time.perf_counter()
+        ps, ss = s_step(ps, ss)
+        jax.block_until_ready(ps)
+        (refresh if i % every == 0 else plain).append(time.perf_counter() - start)
+        start = time.perf_counter()
+        pd, sd = d_step(pd, sd)
+        jax.block_until_ready(pd)
+        dense_times.append(time.perf_counter() - start)
+    med = lambda xs: float(np.median(xs)) * 1e3
+    print(f"median step: dense {med(dense_times):.1f} ms, sparsify plain {med(plain):.1f} ms, "
+          f"sparsify refresh {med(refresh):.1f} ms")
+    amortized = (med(plain) * (every - 1) + med(refresh)) / every
+    print(f"sparsify mean over a refresh period / dense (medians): "
+          f"{amortized / med(dense_times):.3f}x")
     print()
 
 

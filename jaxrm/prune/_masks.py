@@ -1,13 +1,22 @@
 """Masks from scores: exact top-k selection without a sort, per leaf or global.
 
-The k-th highest score is found by a radix selection on the bits of the
-float32 scores: the bits are mapped to ``uint32`` keys that order like the
-floats, a histogram of the high 16 bits finds the bucket that holds the k-th
-key, and a histogram of the low 16 bits inside that bucket finds the key
-itself. That is two counting passes over the scores instead of an
-``O(n log n)`` sort, and the result is exact: every key above the threshold is
-kept, and among keys equal to it the ones with the lowest flat index (in leaf
-flattening order for ``scope="global"``) are kept until exactly ``k`` are.
+Two selections give the same masks:
+
+* On the device (any backend, and inside :func:`jaxrm.prune.sparsify`): a
+  radix selection on the bits of the float32 scores. The bits are mapped to
+  ``uint32`` keys that order like the floats; a histogram of the high 16 bits
+  finds the bucket that holds the k-th key, and a histogram of the low 16 bits
+  inside that bucket finds the key itself: two counting passes instead of an
+  ``O(n log n)`` sort.
+* On a CPU host (eager calls, and ``jax.pure_callback`` under ``jit``): a
+  strided sample brackets the k-th score, one pass counts the scores above the
+  bracket and gathers the few inside it, and ``np.partition`` of those gives
+  the threshold. numpy's vectorized comparisons beat XLA's CPU scatters and
+  reductions several times over here.
+
+Both are exact: every score above the threshold is kept, and among scores
+equal to it the ones with the lowest flat index (in leaf flattening order for
+``scope="global"``) are kept until exactly ``k`` are.
 """
 
 from __future__ import annotations
@@ -50,16 +59,31 @@ def _suffix_sums(h: jax.Array) -> jax.Array:
     return jnp.cumsum(h[::-1])[::-1]
 
 
+def _bucket_of_kth(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The bucket holding the k-th highest key, and the count of keys in higher buckets.
+
+    Two levels of 256 (a scan over 65536 buckets costs more on CPU than the
+    whole histogram): first the row of 256 buckets, then the bucket in it.
+    """
+    side = 1 << (_HALF // 2)
+    rows = hist.reshape(side, side)
+    row_total = jnp.sum(rows, axis=1)
+    row_at_least = _suffix_sums(row_total)  # keys in rows >= r
+    r = jnp.maximum(jnp.sum(row_at_least >= k, dtype=jnp.int32) - 1, 0)
+    above_row = row_at_least[r] - row_total[r]
+    row = jax.lax.dynamic_index_in_dim(rows, r, axis=0, keepdims=False)
+    at_least = _suffix_sums(row) + above_row  # keys in buckets >= (r, c)
+    c = jnp.maximum(jnp.sum(at_least >= k, dtype=jnp.int32) - 1, 0)
+    return r * side + c, at_least[c] - row[c]
+
+
 def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
     """Flags of the ``k`` highest keys over all flat ``keys`` arrays (exact, ties by index)."""
     k = jnp.asarray(k, jnp.int32)
     hist = jnp.zeros(_BINS, jnp.int32)
     for kk in keys:
         hist = hist.at[(kk >> _HALF).astype(jnp.int32)].add(1)
-    at_least = _suffix_sums(hist)  # at_least[b]: keys whose high half is >= b
-    # The highest bucket b with at_least[b] >= k holds the k-th highest key.
-    b = jnp.maximum(jnp.sum(at_least >= k, dtype=jnp.int32) - 1, 0)
-    above = at_least[b] - hist[b]
+    b, above = _bucket_of_kth(hist, k)
     need = k - above
 
     low = jnp.zeros(_BINS, jnp.int32)
@@ -67,10 +91,9 @@ def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
         in_bucket = (kk >> _HALF).astype(jnp.int32) == b
         idx = jnp.where(in_bucket, (kk & _LOW).astype(jnp.int32), _BINS)
         low = low.at[idx].add(1, mode="drop")
-    at_least_low = _suffix_sums(low)
-    b2 = jnp.maximum(jnp.sum(at_least_low >= need, dtype=jnp.int32) - 1, 0)
+    b2, above_low = _bucket_of_kth(low, need)
     t = (b.astype(jnp.uint32) << _HALF) | b2.astype(jnp.uint32)
-    greater = above + at_least_low[b2] - low[b2]
+    greater = above + above_low
     wanted_ties = k - greater
     ties = low[b2]
 
@@ -364,9 +387,9 @@ def masks(
     among equal scores the lower flat index wins (for ``"global"``, leaves
     count in flattening order). NaN scores rank lowest.
 
-    The threshold is found by an exact radix selection on the float32 score
-    bits (two counting passes, no sort), so it is fast on large models and
-    works under ``jax.jit`` with a traced ``sparsity``.
+    The threshold is found by an exact selection (no sort; see the module
+    notes), so it is fast on large models and works under ``jax.jit`` and
+    ``jax.vmap``, with a traced ``sparsity`` too.
 
     With a ``pattern``, the units ranked are channels or blocks (and ``n`` counts
     them); :func:`nm` keeps ``n`` of every ``m`` entries, so its sparsity is

@@ -119,6 +119,10 @@ def test_sparsify_and_threshold_errors():
     tx = prune.sparsify(optax.sgd(0.1), prune.constant(0.5), where="nothing_here")
     with pytest.raises(ValueError, match="where"):
         tx.init(_params())
+    tx = prune.sparsify(optax.sgd(0.1), prune.constant(0.5))
+    state = tx.init(_params())
+    with pytest.raises(ValueError, match="params"):
+        tx.update(_params(), state)
     with pytest.raises(ValueError, match="quality"):
         prune.threshold(_params(), -1.0)
     with pytest.raises(TypeError, match="key"):

@@ -195,3 +195,17 @@ def test_equinox_module_through_filter():
     pruned = eqx.combine(prune.apply(params, m), static)
     assert pruned(jnp.ones(6)).shape == (3,)
     assert prune.summary(prune.apply(params, m), where=None).density == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_benchmark_scale_global_masks_are_exact_on_both_paths():
+    rng = np.random.default_rng(10)
+    scores = {f"l{i}": np.abs(rng.standard_normal((1000, 1000), dtype=np.float32))
+              for i in range(20)}
+    flat, picked = _masks._selected_leaves(scores, None, None)
+    k = round(0.1 * 20_000_000)
+    ref = top_k_reference([flat[i][1] for i in picked], k)
+    for host in (True, False):
+        got = _masks.compute_masks(scores, flat, picked, [0.9] * 20, "global", None, host=host)
+        for g, r in zip(got, ref):
+            np.testing.assert_array_equal(np.asarray(g), r)
