@@ -1,0 +1,556 @@
+"""The Deep Compression pipeline: dense -> prune -> quantize -> code -> decode and evaluate.
+
+Each stage trains with the jitted epochs of :mod:`experiments.train` and uses
+only the public API of ``jaxrm.prune``, ``jaxrm.quant`` and ``jaxrm.coding``.
+After every epoch and at the end of every stage the state is checkpointed with
+orbax, so a run that is interrupted and started again with ``resume=True``
+continues where it stopped and ends with the same result (the randomness of
+epoch ``e`` of stage ``s`` is ``fold_in(fold_in(key(seed), s), e)``).
+
+The reported error and size come from ``model.jrm``: the file is written,
+read back with ``jaxrm.coding.load`` alone, and the test error is measured
+with the decoded parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import jaxrm
+from experiments import models, train
+from jaxrm import coding, prune, quant
+
+__all__ = ["CONFIGS", "Config", "Interrupted", "get_config", "run_seed"]
+
+STAGES = ("dense", "prune", "quant", "coding")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of one pipeline run (all epochs count full passes over 60k)."""
+
+    name: str
+    model: str
+    batch: int = 128
+    scan: bool = True  # one lax.scan per epoch; False: a jitted step per batch (convs on CPU)
+    # stage 1: dense reference (SGD with momentum, cosine learning rate)
+    dense_epochs: int = 15
+    dense_lr: float = 0.1
+    weight_decay: float = 5e-4
+    augment: int = 0
+    # stage 2: pruning to per-layer densities (kernel path -> kept fraction)
+    densities: tuple[tuple[str, float], ...] = ()
+    prune_mode: str = "iterative"  # "iterative" (Han et al. 2015) or "polynomial" (Zhu & Gupta)
+    prune_rounds: int = 4  # iterative: rounds, density_r = target ** (r / rounds)
+    prune_epochs: int = 2  # iterative: epochs per round; polynomial: epochs of the ramp
+    prune_final_epochs: int = 4  # retraining after the last round / the ramp
+    prune_lr: float = 0.01  # the paper: 1/10 of the original learning rate
+    # stage 3: k-means weight sharing and centroid fine-tuning
+    bits: tuple[tuple[str, int], ...] = ()  # leaf path -> bits (biases may be listed too)
+    quant_epochs: int = 3
+    quant_lr: float = 1e-4
+    quant_batch: int = 500  # fewer, larger steps: the codebook gather/scatter dominates a step
+    # distillation from the dense model (0 = off), in stages 2 and 3
+    kd: float = 0.0
+    temperature: float = 4.0
+    # stage 4: coding
+    entropy: str = "huffman"
+    index_bits: int | None = 5
+
+    def short(self) -> str:
+        return f"{self.model}-{self.name}"
+
+
+def _lenet300(name: str, **kw: Any) -> Config:
+    return Config(name=name, model="lenet-300-100", **kw)
+
+
+def _lenet5(name: str, **kw: Any) -> Config:
+    return Config(name=name, model="lenet-5", **kw)
+
+
+_P300 = (("ip1/kernel", 0.08), ("ip2/kernel", 0.09), ("ip3/kernel", 0.26))
+_P5 = (("conv1/kernel", 0.66), ("conv2/kernel", 0.12), ("ip1/kernel", 0.08), ("ip2/kernel", 0.19))
+
+CONFIGS: dict[tuple[str, str], Config] = {
+    # The paper's settings: per-layer densities of Han et al. (2015), iterative
+    # prune-retrain at 1/10 of the learning rate, 6-bit (LeNet-300-100) or
+    # 8-bit conv / 5-bit fc (LeNet-5) linear-init k-means with centroid
+    # fine-tuning, Huffman coding with 5-bit relative indices.
+    ("lenet-300-100", "paper"): _lenet300(
+        "paper", densities=_P300, bits=(("ip1/kernel", 6), ("ip2/kernel", 6), ("ip3/kernel", 6))
+    ),
+    ("lenet-5", "paper"): _lenet5(
+        "paper",
+        batch=64,
+        scan=False,
+        dense_epochs=12,
+        dense_lr=0.05,
+        densities=_P5,
+        prune_epochs=1,
+        prune_final_epochs=2,
+        prune_lr=0.005,
+        bits=(("conv1/kernel", 8), ("conv2/kernel", 8), ("ip1/kernel", 5), ("ip2/kernel", 5)),
+        quant_epochs=2,
+    ),
+    # Beyond the paper: training on random translations (up to 2 pixels),
+    # gradual (polynomial) pruning to lower densities with distillation from
+    # the dense model, fewer bits on the large layers, quantized biases, rANS
+    # coding with per-leaf index widths.
+    ("lenet-300-100", "best"): _lenet300(
+        "best",
+        augment=2,
+        densities=(("ip1/kernel", 0.036), ("ip2/kernel", 0.06), ("ip3/kernel", 0.20)),
+        prune_mode="polynomial",
+        prune_epochs=8,
+        prune_final_epochs=6,
+        kd=0.7,
+        bits=(
+            ("ip1/kernel", 4), ("ip2/kernel", 4), ("ip3/kernel", 5),
+            ("ip1/bias", 5), ("ip2/bias", 5),
+        ),
+        quant_epochs=3,
+        entropy="ans",
+        index_bits=None,
+    ),
+    ("lenet-5", "best"): _lenet5(
+        "best",
+        batch=64,
+        scan=False,
+        dense_epochs=12,
+        dense_lr=0.05,
+        densities=(
+            ("conv1/kernel", 0.5), ("conv2/kernel", 0.08),
+            ("ip1/kernel", 0.03), ("ip2/kernel", 0.15),
+        ),
+        prune_mode="polynomial",
+        prune_epochs=4,
+        prune_final_epochs=2,
+        prune_lr=0.005,
+        kd=0.7,
+        bits=(
+            ("conv1/kernel", 6), ("conv2/kernel", 5), ("ip1/kernel", 4), ("ip2/kernel", 5),
+            ("ip1/bias", 5),
+        ),
+        quant_epochs=2,
+        entropy="ans",
+        index_bits=None,
+    ),
+}
+
+
+def get_config(model: str, name: str, **overrides: Any) -> Config:
+    """Returns the configuration ``name`` of ``model``, with fields overridden."""
+    if (model, name) not in CONFIGS:
+        raise ValueError(f"no config {name!r} for model {model!r}; have {sorted(CONFIGS)}")
+    return dataclasses.replace(CONFIGS[model, name], **overrides)
+
+
+class Interrupted(RuntimeError):
+    """Raised by the ``stop_after`` hook (tests of ``--resume``)."""
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+class _Checkpoints:
+    """Flat orbax checkpoints: each tree is saved as a dict of its leaves.
+
+    Saving leaves (not the tree) keeps ``None`` mask leaves, optax NamedTuples
+    and quantized dataclasses out of orbax; the caller gives a template of the
+    same structure to restore into.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.ckptr = ocp.StandardCheckpointer()
+
+    def _dir(self, name: str) -> Path:
+        return (self.root / name).absolute()
+
+    def has(self, name: str) -> bool:
+        return (self.root / f"{name}.json").is_file()
+
+    def save(self, name: str, trees: dict[str, Any], meta: dict) -> None:
+        flat = {
+            k: {f"{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(t))}
+            for k, t in trees.items()
+        }
+        path = self._dir(name)
+        self.ckptr.save(path, flat, force=True)
+        self.ckptr.wait_until_finished()
+        _write_json(self.root / f"{name}.json", meta)  # written last: marks completion
+
+    def restore(self, name: str, templates: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+        target = {
+            k: {f"{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(t))}
+            for k, t in templates.items()
+        }
+        flat = self.ckptr.restore(self._dir(name), target)
+        out = {}
+        for k, t in templates.items():
+            leaves = [jnp.asarray(flat[k][f"{i:04d}"]) for i in range(len(target[k]))]
+            out[k] = jax.tree.unflatten(jax.tree.structure(t), leaves)
+        return out, json.loads((self.root / f"{name}.json").read_text())
+
+    def drop(self, name: str) -> None:
+        (self.root / f"{name}.json").unlink(missing_ok=True)
+        shutil.rmtree(self._dir(name), ignore_errors=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic | jax.Array):
+        return np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x).tolist()
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is in the experiments extra; run without bars if absent
+        tqdm = None
+    if tqdm is None or quiet:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit="epoch", leave=True, file=sys.stderr)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _sgd(lr: Any, momentum: float, wd: float) -> optax.GradientTransformation:
+    return optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=momentum))
+
+
+def _path_dict(tree: Any) -> dict[str, Any]:
+    return dict(jaxrm.tree.leaves_with_paths(tree))
+
+
+def _tree_from_paths(like: Any, values: dict[str, Any], default: Any = None) -> Any:
+    """A tree of ``like``'s structure holding ``values[path]`` (``default`` elsewhere)."""
+    leaves = [values.get(p, default) for p, _ in jaxrm.tree.leaves_with_paths(like)]
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def _density_table(masks: Any, params: Any) -> dict[str, float]:
+    out = {}
+    for p, m in jaxrm.tree.leaves_with_paths(masks):
+        out[p] = float(np.mean(np.asarray(m)))
+    total_kept = sum(int(np.sum(np.asarray(m))) for _, m in jaxrm.tree.leaves_with_paths(masks))
+    total = sum(int(np.size(x)) for p, x in jaxrm.tree.leaves_with_paths(params) if p in out)
+    out["total"] = total_kept / total
+    return out
+
+
+def _sparsity_tree(params: Any, densities: dict[str, float]) -> Any:
+    """Per-leaf sparsity pytree for ``prune.masks`` (0.0 on leaves kept dense)."""
+    return _tree_from_paths(params, {p: 1.0 - d for p, d in densities.items()}, 0.0)
+
+
+def _where_paths(paths: set[str]):
+    return lambda path, leaf: path in paths
+
+
+# ------------------------------------------------------------------ the stages
+
+
+class _Run:
+    """One seed of one config: holds the data, the jitted functions, checkpoints."""
+
+    def __init__(self, cfg: Config, seed: int, data: train.Data, ckdir: Path, *,
+                 resume: bool, quiet: bool, stop_after: int | None):
+        self.cfg, self.seed, self.data = cfg, seed, data
+        self.apply = models.apply_fn(cfg.model)
+        self.quiet = quiet
+        self.ck = _Checkpoints(ckdir)
+        ckdir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for name in list(STAGES) + [f"{s}-partial" for s in STAGES]:
+                self.ck.drop(name)
+        self.key = jax.random.key(seed)
+        self.epochs_run = 0
+        self.stop_after = stop_after
+
+    def _tick(self) -> None:
+        """Counts trained epochs and raises :class:`Interrupted` for resume tests."""
+        self.epochs_run += 1
+        if self.stop_after is not None and self.epochs_run >= self.stop_after:
+            raise Interrupted(f"stopped after {self.epochs_run} epochs (stop_after)")
+
+    def _epoch_key(self, stage: int, epoch: int) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(self.key, stage), epoch)
+
+    def _train(self, stage: str, theta: Any, opt: optax.GradientTransformation, epochs: int, *,
+               frozen: Any = None, masks: Any = None, teacher: Any = None,
+               to_params=lambda t, f: t, project=lambda t, m: t, kd: float = 0.0,
+               augment: int = 0, on_epoch=None, batch: int | None = None) -> tuple[Any, float]:
+        """Trains ``epochs`` epochs with per-epoch checkpoints; returns (theta, seconds)."""
+        sid = STAGES.index(stage)
+        opt_state = opt.init(theta)
+        start, elapsed = 0, 0.0
+        partial = f"{stage}-partial"
+        templates = {"theta": theta, "opt_state": opt_state, "masks": masks}
+        if self.ck.has(partial):
+            got, meta = self.ck.restore(partial, templates)
+            theta, opt_state, masks = got["theta"], got["opt_state"], got["masks"]
+            start, elapsed = meta["epoch"], meta["seconds"]
+        epoch_fn = train.make_epoch(
+            self.apply, opt, batch=batch or self.cfg.batch, to_params=to_params, project=project,
+            kd=kd, temperature=self.cfg.temperature, augment=augment, scan=self.cfg.scan,
+        )
+        bar = _progress(epochs, f"{self.cfg.short()} s{self.seed} {stage}", self.quiet)
+        bar.update(start)
+        for e in range(start, epochs):
+            t0 = time.perf_counter()
+            if on_epoch is not None:
+                theta, masks = on_epoch(e, theta, masks)
+            theta, opt_state, loss = epoch_fn(
+                theta, opt_state, frozen, masks, teacher, self._epoch_key(sid, e), self.data
+            )
+            loss = float(loss)
+            elapsed += time.perf_counter() - t0
+            self.ck.save(partial, {"theta": theta, "opt_state": opt_state, "masks": masks},
+                         {"epoch": e + 1, "seconds": elapsed, "loss": loss})
+            bar.update(1)
+            bar.set_postfix_str(f"loss {loss:.4f}")
+            self._tick()
+        bar.close()
+        return theta, masks, elapsed
+
+    def _stage_done(self, stage: str, trees: dict, record: dict) -> None:
+        self.ck.save(stage, trees, record)
+        self.ck.drop(f"{stage}-partial")
+
+    # stage 1 ------------------------------------------------------------------
+    def dense(self) -> tuple[Any, dict]:
+        cfg = self.cfg
+        init = models.init_params(cfg.model, jax.random.fold_in(self.key, 100))
+        if self.ck.has("dense"):
+            got, rec = self.ck.restore("dense", {"params": init})
+            return got["params"], rec
+        steps = cfg.dense_epochs * (self.data.x.shape[0] // cfg.batch)
+        opt = _sgd(optax.cosine_decay_schedule(cfg.dense_lr, steps), 0.9, cfg.weight_decay)
+        params, _, secs = self._train("dense", init, opt, cfg.dense_epochs, augment=cfg.augment)
+        rec = {"error": train.error_rate(self.apply, params, self.data), "seconds": secs,
+               "epochs": cfg.dense_epochs,
+               "params": int(jaxrm.tree.count(params, jaxrm.tree.arrays))}
+        self._stage_done("dense", {"params": params}, rec)
+        return params, rec
+
+    # stage 2 ------------------------------------------------------------------
+    def prune(self, dense: Any) -> tuple[Any, Any, dict]:
+        cfg = self.cfg
+        targets = dict(cfg.densities)
+        where = _where_paths(set(targets))
+        template_masks = prune.masks(prune.magnitude(dense), _sparsity_tree(dense, targets),
+                                     where=where)
+        if self.ck.has("prune"):
+            got, rec = self.ck.restore("prune", {"params": dense, "masks": template_masks})
+            return got["params"], got["masks"], rec
+
+        def masks_at(params, density_of):
+            sp = _sparsity_tree(params, {p: density_of(p, d) for p, d in targets.items()})
+            return prune.masks(prune.magnitude(params), sp, where=where)
+
+        if cfg.prune_mode == "iterative":
+            # Han et al. (2015): prune to density_r, retrain, repeat.
+            rounds = cfg.prune_rounds
+            total = rounds * cfg.prune_epochs + cfg.prune_final_epochs
+            boundaries = [r * cfg.prune_epochs for r in range(rounds)]
+
+            def round_of(e):
+                return min(sum(e >= b for b in boundaries), rounds)
+
+            def on_epoch(e, theta, masks):
+                if e in boundaries:
+                    r = round_of(e)
+                    masks = masks_at(theta, lambda p, d: d ** (r / rounds))
+                    theta = prune.apply(theta, masks)
+                return theta, masks
+        elif cfg.prune_mode == "polynomial":
+            # Zhu & Gupta (2017): the sparsity rises as a cubic over the ramp.
+            ramp = cfg.prune_epochs
+            total = ramp + cfg.prune_final_epochs
+            schedules = {p: prune.polynomial(1.0 - d, 0, ramp - 1) for p, d in targets.items()}
+
+            def on_epoch(e, theta, masks):
+                if e < ramp:
+                    masks = masks_at(theta, lambda p, d: 1.0 - float(schedules[p](e)))
+                    theta = prune.apply(theta, masks)
+                return theta, masks
+        else:
+            raise ValueError(
+                f"prune_mode must be 'iterative' or 'polynomial', got {cfg.prune_mode!r}"
+            )
+
+        # The paper's retraining rate (1/10 of the original), held while the
+        # masks change, then decayed to 0 (cosine) over the final retraining.
+        spe = self.data.x.shape[0] // cfg.batch
+        final_begin = (total - cfg.prune_final_epochs) * spe
+        lr = optax.join_schedules(
+            [optax.constant_schedule(cfg.prune_lr),
+             optax.cosine_decay_schedule(cfg.prune_lr, max(cfg.prune_final_epochs * spe, 1))],
+            [final_begin],
+        )
+        opt = _sgd(lr, 0.9, cfg.weight_decay)
+        params, masks, secs = self._train(
+            "prune", dense, opt, total, masks=template_masks, teacher=dense if cfg.kd else None,
+            project=prune.apply, kd=cfg.kd, augment=cfg.augment, on_epoch=on_epoch,
+        )
+        params = prune.apply(params, masks)
+        rec = {"error": train.error_rate(self.apply, params, self.data), "seconds": secs,
+               "epochs": total, "mode": cfg.prune_mode, "density": _density_table(masks, params)}
+        self._stage_done("prune", {"params": params, "masks": masks}, rec)
+        return params, masks, rec
+
+    # stage 3 ------------------------------------------------------------------
+    def quant(self, pruned: Any, masks: Any, teacher: Any) -> tuple[Any, dict]:
+        cfg = self.cfg
+        bits = dict(cfg.bits)
+        t0 = time.perf_counter()
+        bits_tree = _tree_from_paths(pruned, bits)
+        q0 = quant.kmeans(pruned, bits_tree, masks=masks, init="linear",
+                          where=_where_paths(set(bits)))
+        kmeans_s = time.perf_counter() - t0
+        theta0, frozen = quant.partition(q0)
+        if self.ck.has("quant"):
+            got, rec = self.ck.restore("quant", {"theta": theta0})
+            return quant.combine(got["theta"], frozen), rec
+        err0 = train.error_rate(self.apply, quant.dequantize(q0), self.data)
+        opt = optax.sgd(cfg.quant_lr, momentum=0.9)
+        theta, _, secs = self._train(
+            "quant", theta0, opt, cfg.quant_epochs, frozen=frozen,
+            teacher=teacher if cfg.kd else None,
+            to_params=lambda t, f: quant.dequantize(quant.combine(t, f)),
+            kd=cfg.kd, augment=cfg.augment, batch=cfg.quant_batch,
+        )
+        q = quant.combine(theta, frozen)
+        rec = {"error": train.error_rate(self.apply, quant.dequantize(q), self.data),
+               "error_before_finetune": err0, "seconds": secs + kmeans_s,
+               "kmeans_seconds": kmeans_s, "epochs": cfg.quant_epochs, "bits": bits}
+        self._stage_done("quant", {"theta": theta}, rec)
+        return q, rec
+
+    # stages 4 and 5 -------------------------------------------------------------
+    def code(self, q: Any, path: Path) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        nbytes = coding.save(path, q, entropy=cfg.entropy, index_bits=cfg.index_bits)
+        code_s = time.perf_counter() - t0
+        # Stage 5: everything below comes from the file alone.
+        t0 = time.perf_counter()
+        decoded = coding.load(path)
+        err = train.error_rate(self.apply, decoded, self.data)
+        decode_s = time.perf_counter() - t0
+        expected = quant.dequantize(q)
+        exact = all(
+            np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(decoded), jax.tree.leaves(expected))
+        ) and jax.tree.structure(decoded) == jax.tree.structure(expected)
+        data = path.read_bytes()
+        dense_bytes = 4 * jaxrm.tree.count(decoded, jaxrm.tree.arrays)
+        rep = coding.report(data)
+        return {
+            "error": err,
+            "bytes": int(nbytes),
+            "dense_bytes": int(dense_bytes),
+            "ratio": dense_bytes / nbytes,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "decoded_equals_dequantized": bool(exact),
+            "entropy": cfg.entropy,
+            "index_bits": cfg.index_bits,
+            "seconds": code_s,
+            "decode_eval_seconds": decode_s,
+            "report": [dataclasses.asdict(r) for r in rep.rows] + [dataclasses.asdict(rep.total)],
+            "report_markdown": rep.to_markdown(),
+        }
+
+
+def run_seed(cfg: Config, seed: int, data: train.Data, out: Path, *, resume: bool = False,
+             quiet: bool = False, stop_after: int | None = None, jrm_name: str = "model.jrm",
+             keep: dict | None = None) -> dict:
+    """Runs the four stages and the file evaluation for one seed.
+
+    Args:
+      cfg: the configuration.
+      seed: the random seed (initialization and data order).
+      data: MNIST on the device (:func:`experiments.train.device_data`).
+      out: the results directory; checkpoints go to ``out/ckpt/seed-<seed>``.
+      resume: continue from the checkpoints instead of starting over.
+      quiet: no progress bars.
+      stop_after: raise :class:`Interrupted` after this many trained epochs
+        (to test ``resume``).
+      jrm_name: the name of the compressed file in ``out``.
+      keep: if a dict, receives the intermediate trees (for plots and sweeps).
+
+    Returns:
+      The per-stage record (errors, densities, bits, bytes, seconds).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Run(cfg, seed, data, out / "ckpt" / f"seed-{seed}", resume=resume, quiet=quiet,
+               stop_after=stop_after)
+    dense, r_dense = run.dense()
+    pruned, masks, r_prune = run.prune(dense)
+    q, r_quant = run.quant(pruned, masks, dense)
+    r_code = run.code(q, out / jrm_name)
+    if keep is not None:
+        keep.update(dense=dense, pruned=pruned, masks=masks, quantized=q)
+    return {
+        "seed": seed,
+        "file": jrm_name,
+        "dense": r_dense,
+        "prune": r_prune,
+        "quant": r_quant,
+        "coding": r_code,
+        "error": r_code["error"],
+        "ratio": r_code["ratio"],
+        "bytes": r_code["bytes"],
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and (sample) standard deviation of the headline numbers over seeds."""
+    def stats(xs):
+        xs = [float(x) for x in xs]
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        return {"mean": mean, "std": std, "values": xs}
+
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "error": stats([r["error"] for r in runs]),
+        "dense_error": stats([r["dense"]["error"] for r in runs]),
+        "ratio": stats([r["ratio"] for r in runs]),
+        "bytes": stats([r["bytes"] for r in runs]),
+    }
