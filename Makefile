@@ -45,11 +45,17 @@ bench: $(VENV)/.bench
 docs: $(VENV)/.docs
 	$(VENV)/bin/mkdocs build --strict
 
+# LeNet-300-100, paper settings and ours, one seed each, into build/ (both tables printed).
 reproduce: $(VENV)/.experiments
-	@echo "make reproduce: the Deep Compression pipeline (experiments/) is not there yet"; exit 1
+	$(PY) -m experiments.deep_compression --model lenet-300-100 --config paper --out build/reproduce/lenet-300-100-paper --print-table
+	$(PY) -m experiments.deep_compression --model lenet-300-100 --config best --out build/reproduce/lenet-300-100-best --print-table
 
+# Both models, both configs; rewrites the committed results in experiments/results/.
 reproduce-all: $(VENV)/.experiments
-	@echo "make reproduce-all: the Deep Compression pipeline (experiments/) is not there yet"; exit 1
+	$(PY) -m experiments.deep_compression --model lenet-300-100 --config paper --seeds 3 --sweep --print-table
+	$(PY) -m experiments.deep_compression --model lenet-300-100 --config best --seeds 3 --sweep --print-table
+	$(PY) -m experiments.deep_compression --model lenet-5 --config paper --print-table
+	$(PY) -m experiments.deep_compression --model lenet-5 --config best --print-table
 
 clean:
-	rm -rf $(VENV) site .pytest_cache
+	rm -rf $(VENV) site build .pytest_cache
