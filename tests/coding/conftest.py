@@ -71,3 +71,10 @@ def small_tree():
     tree = {"conv": {"kernel": cb, "bias": jnp.arange(3.0)}, "q": qa, "w": w}
     masks = {"conv": {"kernel": None, "bias": None}, "q": qmask, "w": wmask}
     return tree, masks
+
+
+def normal_symbols(seed, n, alphabet, spread):
+    """``n`` symbols of ``range(alphabet)``: a rounded, clipped normal (k-means-index-like)."""
+    rng = np.random.default_rng(seed)
+    sym = np.clip(np.round(rng.normal(alphabet / 2, spread * alphabet / 4, n)), 0, alphabet - 1)
+    return sym.astype(np.int64)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import normal_symbols
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,9 +24,7 @@ def entropy_bytes(sym):
     st.floats(0.05, 3.0),
 )
 def test_round_trip(seed, n, alphabet, spread):
-    rng = np.random.default_rng(seed)
-    sym = np.clip(np.round(rng.normal(alphabet / 2, spread * alphabet / 4, n)), 0, alphabet - 1)
-    sym = sym.astype(np.int64)
+    sym = normal_symbols(seed, n, alphabet, spread)
     width = max(1, (alphabet - 1).bit_length())
     data = _ans.encode(sym, alphabet, width)
     np.testing.assert_array_equal(_ans.decode(data, n, alphabet, width), sym)

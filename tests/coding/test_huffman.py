@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import normal_symbols
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -71,9 +72,7 @@ def test_canonical_codes_are_prefix_free(counts):
     st.floats(0.1, 3.0),
 )
 def test_round_trip(seed, n, alphabet, spread):
-    rng = np.random.default_rng(seed)
-    sym = np.clip(np.round(rng.normal(alphabet / 2, spread * alphabet / 4, n)), 0, alphabet - 1)
-    sym = sym.astype(np.int64)
+    sym = normal_symbols(seed, n, alphabet, spread)
     width = max(1, (alphabet - 1).bit_length())
     data = _huffman.encode(sym, alphabet, width)
     np.testing.assert_array_equal(_huffman.decode(data, n, alphabet, width), sym)
