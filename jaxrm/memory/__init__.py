@@ -12,6 +12,7 @@
 
 from jaxrm.memory._accumulate import accumulate
 from jaxrm.memory._fit import choose_policy, fit_batch
+from jaxrm.memory._modules import RematLinen, remat_modules
 from jaxrm.memory._remat import POLICIES, Residual, policy, remat, residual_bytes, residuals
 from jaxrm.memory._report import MemoryReport, device_budget, format_bytes, report
 from jaxrm.memory._sharding import (
@@ -27,6 +28,7 @@ from jaxrm.memory._sharding import (
 __all__ = [
     "POLICIES",
     "MemoryReport",
+    "RematLinen",
     "Residual",
     "Rules",
     "accumulate",
@@ -40,6 +42,7 @@ __all__ = [
     "per_device_bytes",
     "policy",
     "remat",
+    "remat_modules",
     "report",
     "residual_bytes",
     "residuals",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,9 +12,19 @@ import jax
 import jax.extend
 import numpy as np
 
+from jaxrm.memory._tags import NamedPolicy, check_tags
 from jaxrm.tree import path_str
 
-__all__ = ["POLICIES", "Residual", "policy", "remat", "residual_bytes", "residuals"]
+__all__ = [
+    "POLICIES",
+    "Residual",
+    "named_policy",
+    "policy",
+    "remat",
+    "required_tags",
+    "residual_bytes",
+    "residuals",
+]
 
 _cp = jax.checkpoint_policies
 
@@ -36,32 +47,71 @@ POLICIES: types.MappingProxyType[str, Callable[..., Any]] = types.MappingProxyTy
 
 ``"none"`` saves everything (no recomputation), ``"full"`` saves nothing,
 ``"dots"`` saves matmul outputs, ``"dots_no_batch"`` saves matmul outputs
-without batch dimensions, ``"offload_dots"`` offloads those to host memory
-(GPU/TPU only). ``"names:a,b"`` (not a key here, see :func:`policy`) saves only
-the values tagged ``jax.ad_checkpoint.checkpoint_name(x, "a")`` or ``"b"``.
+without batch dimensions, ``"offload_dots"`` offloads those to pinned host
+memory. Two families take tag names and are not keys here (see
+[jaxrm.memory.policy][]): ``"names:a,b"`` saves only the values tagged
+``jax.ad_checkpoint.checkpoint_name(x, "a")`` or ``"b"``, and
+``"offload_names:a,b"`` moves those values to pinned host memory instead of
+keeping them on the device.
 """
 
 _NAMES_PREFIX = "names:"
+_OFFLOAD_PREFIX = "offload_names:"
+_HOST_KIND = "pinned_host"
 
 
-def _on_cpu_only() -> bool:
-    return all(d.platform == "cpu" for d in jax.devices())
+def _memory_kinds() -> set[str]:
+    """The memory kinds of the default device (``{"device", "pinned_host", ...}``)."""
+    try:
+        return {m.kind for m in jax.devices()[0].addressable_memories()}
+    except Exception:  # a backend without memory spaces
+        return set()
+
+
+def _check_host_memory(name: str) -> None:
+    kinds = _memory_kinds()
+    if _HOST_KIND not in kinds:
+        platform = jax.devices()[0].platform
+        raise ValueError(
+            f"policy={name!r} offloads residuals to {_HOST_KIND!r} memory, which the "
+            f"{platform} backend does not have (its memory kinds: {sorted(kinds) or 'none'}); "
+            "use 'dots_no_batch' or 'names:...' (the same residuals, kept on the device)"
+        )
+
+
+def _tag_names(name: str, prefix: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in name[len(prefix) :].split(",") if n.strip())
+    if not names:
+        raise ValueError(
+            f"policy={name!r} names no checkpoint_name tag (use '{prefix}a,b')"
+        )
+    return names
+
+
+def required_tags(name: Any) -> tuple[str, ...]:
+    """The ``checkpoint_name`` tags a policy name needs (``()`` for the others)."""
+    if isinstance(name, str):
+        for prefix in (_NAMES_PREFIX, _OFFLOAD_PREFIX):
+            if name.startswith(prefix):
+                return _tag_names(name, prefix)
+    return ()
 
 
 def policy(name: str | Callable[..., Any]) -> Callable[..., Any]:
     """Returns the ``jax.checkpoint`` policy for a name.
 
     Args:
-      name: a key of :data:`POLICIES`, ``"names:a,b,..."`` (save only the
-        values tagged with these ``checkpoint_name``\\ s), or a policy callable,
-        which is returned as is.
+      name: a key of [jaxrm.memory.POLICIES][], ``"names:a,b,..."`` (save only
+        the values tagged with these ``checkpoint_name``\\ s),
+        ``"offload_names:a,b,..."`` (move those values to pinned host memory),
+        or a policy callable, which is returned as is.
 
     Returns:
       A policy for ``jax.checkpoint(..., policy=...)``.
 
     Raises:
-      ValueError: an unknown name, an empty ``"names:"`` list, or
-        ``"offload_dots"`` when only CPU devices are present.
+      ValueError: an unknown name, an empty tag list, or an offloading policy
+        on a backend whose devices have no ``pinned_host`` memory kind.
       TypeError: ``name`` is neither a string nor callable.
     """
     if callable(name):
@@ -69,22 +119,50 @@ def policy(name: str | Callable[..., Any]) -> Callable[..., Any]:
     if not isinstance(name, str):
         raise TypeError(f"policy must be a string or a callable, got {type(name).__name__}")
     if name.startswith(_NAMES_PREFIX):
-        names = [n.strip() for n in name[len(_NAMES_PREFIX) :].split(",") if n.strip()]
-        if not names:
-            raise ValueError(f"policy={name!r} names no checkpoint_name tag (use 'names:a,b')")
-        return _cp.save_only_these_names(*names)
-    if name not in POLICIES:
-        known = ", ".join([*POLICIES, "names:a,b"])
-        raise ValueError(f"policy={name!r} is not a known policy; choose one of: {known}")
-    if name == "offload_dots" and _on_cpu_only():
-        raise ValueError(
-            "policy='offload_dots' offloads residuals to pinned host memory, which needs a "
-            "GPU or TPU backend; on CPU use 'dots_no_batch' (same residuals, kept on device)"
+        return _cp.save_only_these_names(*_tag_names(name, _NAMES_PREFIX))
+    if name.startswith(_OFFLOAD_PREFIX):
+        names = _tag_names(name, _OFFLOAD_PREFIX)
+        _check_host_memory(name)
+        return _cp.save_and_offload_only_these_names(
+            names_which_can_be_saved=[],
+            names_which_can_be_offloaded=list(names),
+            offload_src="device",
+            offload_dst=_HOST_KIND,
         )
+    if name not in POLICIES:
+        known = ", ".join([*POLICIES, "names:a,b", "offload_names:a,b"])
+        raise ValueError(f"policy={name!r} is not a known policy; choose one of: {known}")
+    if name == "offload_dots":
+        _check_host_memory(name)
     return POLICIES[name]
 
 
+def named_policy(name: str | Callable[..., Any], where: str) -> Callable[..., Any]:
+    """As [jaxrm.memory.policy][], wrapped so a jaxpr walk can check its tags."""
+    chosen = policy(name)
+    label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
+    return NamedPolicy(chosen, label, required_tags(name), where)
+
+
 _policy_of = policy  # remat's ``policy`` argument shadows the function
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype) if hasattr(x, "dtype") else x, tree
+    )
+
+
+def _signature(args: Any, kwargs: Any) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    key = tuple(
+        (tuple(np.shape(x)), str(x.dtype)) if hasattr(x, "dtype") else x for x in leaves
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return treedef, key
 
 
 def remat(
@@ -102,9 +180,15 @@ def remat(
     already stops XLA from merging the recomputation into the forward pass, and
     the extra barriers only cost speed. Outside loops keep the default ``True``.
 
+    A ``"names:..."`` or ``"offload_names:..."`` policy is checked against the
+    function: the first call with new argument shapes traces ``fn`` once more
+    and raises if a named tag is never produced by a ``checkpoint_name`` in it
+    (such a policy would silently save nothing, like ``"full"``).
+
     Args:
       fn: the function whose backward pass recomputes instead of storing.
-      policy: a name of :data:`POLICIES`, ``"names:a,b"``, or a policy callable.
+      policy: a name of [jaxrm.memory.POLICIES][], ``"names:a,b"``,
+        ``"offload_names:a,b"``, or a policy callable.
       prevent_cse: passed to ``jax.checkpoint``.
       static_argnums: positions of arguments that are static (Python values).
 
@@ -112,19 +196,37 @@ def remat(
       The checkpointed function, with ``fn``'s signature.
 
     Raises:
-      ValueError: an unknown policy, or ``"offload_dots"`` on CPU.
+      ValueError: an unknown policy, an offloading policy on a backend without
+        host memory, or (when called) a tag the policy names that ``fn``
+        never tags.
       TypeError: ``fn`` is not callable.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     if isinstance(policy, str) and policy == "none":
         return fn
-    chosen = _policy_of(policy)
+    chosen = named_policy(policy, f"function {getattr(fn, '__name__', repr(fn))!r}")
     if isinstance(static_argnums, int):
         static_argnums = (static_argnums,)
-    return jax.checkpoint(
-        fn, policy=chosen, prevent_cse=prevent_cse, static_argnums=tuple(static_argnums)
-    )
+    static = tuple(static_argnums)
+    checkpointed = jax.checkpoint(fn, policy=chosen, prevent_cse=prevent_cse,
+                                  static_argnums=static)
+    if not chosen.required:
+        return checkpointed
+    checked: set[Any] = set()
+
+    @functools.wraps(fn)
+    def tag_checked(*args: Any, **kwargs: Any) -> Any:
+        key = _signature(args, kwargs)
+        if key is None or key not in checked:
+            jaxpr = jax.make_jaxpr(fn, static_argnums=static)(*_abstract(args),
+                                                               **_abstract(kwargs))
+            check_tags(chosen, jaxpr)
+            if key is not None:
+                checked.add(key)
+        return checkpointed(*args, **kwargs)
+
+    return tag_checked
 
 
 @dataclasses.dataclass(frozen=True)

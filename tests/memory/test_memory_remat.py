@@ -168,9 +168,6 @@ def test_bad_policies():
         memory.remat(mlp, 3)
     with pytest.raises(TypeError, match="fn"):
         memory.remat("mlp")
-    if all(d.platform == "cpu" for d in jax.devices()):
-        with pytest.raises(ValueError, match="GPU or TPU"):
-            memory.remat(mlp, "offload_dots")
     assert set(memory.POLICIES) >= {"none", "full", "dots", "dots_no_batch", "offload_dots"}
     with pytest.raises(TypeError):
         memory.POLICIES["x"] = None  # read-only
