@@ -11,7 +11,7 @@
 """
 
 from jaxrm.memory._accumulate import accumulate
-from jaxrm.memory._fit import choose_policy, fit_batch
+from jaxrm.memory._fit import DEFAULT_MARGIN, choose_policy, fit_batch
 from jaxrm.memory._modules import RematLinen, remat_modules
 from jaxrm.memory._remat import POLICIES, Residual, policy, remat, residual_bytes, residuals
 from jaxrm.memory._report import MemoryReport, device_budget, format_bytes, report
@@ -26,6 +26,7 @@ from jaxrm.memory._sharding import (
 )
 
 __all__ = [
+    "DEFAULT_MARGIN",
     "POLICIES",
     "MemoryReport",
     "RematLinen",

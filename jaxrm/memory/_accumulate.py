@@ -44,16 +44,28 @@ def accumulate(
       The accumulating function.
 
     Raises:
-      ValueError: ``micro_batches`` is not a positive integer, ``reduce`` is
-        unknown, or (when called) a batch leaf's leading size is not divisible
-        by ``micro_batches``.
-      TypeError: ``grad_fn`` is not callable, or (when called) an output leaf
-        is not floating.
+      ValueError: ``micro_batches`` is not positive, ``reduce`` is unknown, or
+        (when called) a batch leaf's leading size is not divisible by
+        ``micro_batches``.
+      TypeError: ``grad_fn`` is not callable, ``micro_batches`` is not an
+        int, ``batch_argnums`` not ints, ``reduce`` not a string, or (when
+        called) an output leaf is not floating.
     """
     if not callable(grad_fn):
         raise TypeError(f"grad_fn must be callable, got {type(grad_fn).__name__}")
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int):
+        raise TypeError(
+            f"micro_batches must be an int, got {type(micro_batches).__name__} {micro_batches!r}"
+        )
+    if micro_batches < 1:
         raise ValueError(f"micro_batches must be a positive integer, got {micro_batches!r}")
+    argnums_ok = isinstance(batch_argnums, int) or (
+        isinstance(batch_argnums, Sequence) and all(isinstance(i, int) for i in batch_argnums)
+    )
+    if isinstance(batch_argnums, bool) or not argnums_ok:
+        raise TypeError(f"batch_argnums must be an int or a sequence of ints: {batch_argnums!r}")
+    if not isinstance(reduce, str):
+        raise TypeError(f"reduce must be a string, got {type(reduce).__name__}")
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     argnums = (batch_argnums,) if isinstance(batch_argnums, int) else tuple(batch_argnums)

@@ -238,19 +238,27 @@ def report(
     )
 
 
-def device_budget(device: Any = None) -> int:
-    """Returns a device's memory limit, ``memory_stats()["bytes_limit"]``.
+def device_budget(device: Any = None, *, margin: float = 0.0) -> int:
+    """Returns a device's memory limit, ``memory_stats()["bytes_limit"]``, less a margin.
 
     Args:
       device: a ``jax.Device``; defaults to ``jax.devices()[0]``.
+      margin: the share of the limit to leave free, in ``[0, 1)``
+        ([jaxrm.memory.fit_batch][] and [jaxrm.memory.choose_policy][] use
+        [jaxrm.memory.DEFAULT_MARGIN][] when given no budget).
 
     Returns:
-      The limit in bytes.
+      ``floor(bytes_limit * (1 - margin))`` in bytes.
 
     Raises:
-      ValueError: the backend reports no limit (CPU): pass ``budget_bytes``
-        explicitly there.
+      TypeError: ``margin`` is not a number.
+      ValueError: ``margin`` outside ``[0, 1)``, or the backend reports no
+        limit (CPU): pass ``budget_bytes`` explicitly there.
     """
+    if isinstance(margin, bool) or not isinstance(margin, int | float):
+        raise TypeError(f"margin must be a number, got {type(margin).__name__}")
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin must be in [0, 1), got {margin}")
     device = jax.devices()[0] if device is None else device
     stats = None
     try:
@@ -262,4 +270,4 @@ def device_budget(device: Any = None) -> int:
             f"budget_bytes must be given explicitly: the {device.platform} device {device} "
             "reports no memory limit (memory_stats()['bytes_limit'] exists on GPU and TPU only)"
         )
-    return int(stats["bytes_limit"])
+    return int(stats["bytes_limit"] * (1 - margin)) if margin else int(stats["bytes_limit"])

@@ -30,6 +30,7 @@ def mesh(*, devices: Sequence[Any] | None = None, **axis_sizes: int) -> Mesh:
       ``jax.jit`` as usual).
 
     Raises:
+      TypeError: a size that is not an int.
       ValueError: no axes, a non-positive size, more than one ``-1``, or sizes
         whose product is not the number of devices.
     """
@@ -38,7 +39,9 @@ def mesh(*, devices: Sequence[Any] | None = None, **axis_sizes: int) -> Mesh:
         raise ValueError("mesh needs at least one axis, e.g. mesh(data=8)")
     sizes = dict(axis_sizes)
     for name, size in sizes.items():
-        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"mesh axis {name}={size!r} must be an int, got {type(size).__name__}")
+        if size < 1 and size != -1:
             raise ValueError(f"mesh axis {name}={size!r} must be a positive integer or -1")
     free = [n for n, s in sizes.items() if s == -1]
     if len(free) > 1:
@@ -239,7 +242,9 @@ def fsdp(
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     axes = _axis_tuple(mesh, axis)
-    if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 0:
+    if isinstance(min_bytes, bool) or not isinstance(min_bytes, int):
+        raise TypeError(f"min_bytes must be an int, got {type(min_bytes).__name__} {min_bytes!r}")
+    if min_bytes < 0:
         raise ValueError(f"min_bytes must be a non-negative integer, got {min_bytes!r}")
     parts = math.prod(mesh.shape[a] for a in axes)
     entry = axes[0] if len(axes) == 1 else axes

@@ -89,6 +89,13 @@ def test_errors():
         memory.accumulate(jax.grad(mean_loss), 0)
     with pytest.raises(ValueError, match="reduce"):
         memory.accumulate(jax.grad(mean_loss), 2, reduce="max")
+    # wrong types are TypeErrors, as everywhere in jaxrm
+    with pytest.raises(TypeError, match="micro_batches must be an int"):
+        memory.accumulate(jax.grad(mean_loss), 2.0)
+    with pytest.raises(TypeError, match="batch_argnums"):
+        memory.accumulate(jax.grad(mean_loss), 2, batch_argnums="1")
+    with pytest.raises(TypeError, match="reduce"):
+        memory.accumulate(jax.grad(mean_loss), 2, reduce=None)
     with pytest.raises(TypeError, match="grad_fn"):
         memory.accumulate("f", 2)
     with pytest.raises(ValueError, match=r"leaf '0' has leading size 10, not divisible"):

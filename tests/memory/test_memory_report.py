@@ -134,42 +134,6 @@ def test_memory_grows_with_the_batch():
     assert totals[-1] > totals[0]
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.2, 0.45, 0.7, 0.93, 1.0])
-def test_fit_batch_matches_brute_force(fraction):
-    lo, hi = total_at(1), total_at(LIMIT)
-    budget = int(lo + fraction * (hi - lo))
-    calls = []
-    got = memory.fit_batch(lambda b: calls.append(b) or build_step(b), budget, limit=LIMIT)
-    assert got == brute_force(budget)
-    # doubling then bisection: a logarithmic number of distinct compiles
-    assert len(calls) == len(set(calls)) <= 2 * int(np.log2(LIMIT)) + 2
-    assert total_at(got) <= budget
-    if got < LIMIT:
-        assert total_at(got + 1) > budget
-
-
-def test_fit_batch_with_multiple_of_and_start():
-    budget = int((total_at(1) + total_at(LIMIT)) / 2)
-    got = memory.fit_batch(build_step, budget, start=4, limit=LIMIT, multiple_of=4)
-    assert got % 4 == 0 and got == brute_force(budget, 4)
-
-
-def test_fit_batch_errors():
-    with pytest.raises(ValueError, match="even batch size start=1"):
-        memory.fit_batch(build_step, total_at(1) - 1)
-    params = {"w": np.ones((D, HIDDEN), np.float32)}
-    with pytest.raises(ValueError, match="smaller than the parameters alone"):
-        memory.fit_batch(build_step, 1000, params=params)
-    with pytest.raises(ValueError, match="multiple_of"):
-        memory.fit_batch(build_step, 10**9, start=3, multiple_of=2)
-    with pytest.raises(ValueError, match="start"):
-        memory.fit_batch(build_step, 10**9, start=0)
-    with pytest.raises(ValueError, match="budget_bytes"):
-        memory.fit_batch(build_step, -5)
-    with pytest.raises(TypeError, match=r"build\(1\) must return"):
-        memory.fit_batch(lambda b: b, 10**9)
-
-
 # -- choose_policy -------------------------------------------------------------
 
 WS, X = stacked(4, 16, 64), jax.ShapeDtypeStruct((32, 16), jnp.float32)

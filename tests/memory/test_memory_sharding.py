@@ -60,6 +60,10 @@ def test_mesh_rejects_sizes_that_do_not_match_the_devices():
         memory.mesh(data=0)
     with pytest.raises(ValueError, match="at least one axis"):
         memory.mesh()
+    with pytest.raises(TypeError, match="must be an int"):
+        memory.mesh(data=1.0)
+    with pytest.raises(TypeError, match="min_bytes"):
+        memory.fsdp({"w": jnp.zeros((4, 4))}, memory.mesh(fsdp=-1), min_bytes=1.5)
     assert dict(memory.mesh(data=-1).shape) == {"data": n}
 
 
