@@ -13,6 +13,15 @@
 from jaxrm.memory._accumulate import accumulate
 from jaxrm.memory._fit import DEFAULT_MARGIN, choose_policy, fit_batch
 from jaxrm.memory._modules import RematLinen, remat_modules
+from jaxrm.memory._qstate import (
+    BlockQuantized,
+    QuantizedState,
+    dequantize_blocks,
+    dynamic_map,
+    linear_map,
+    quantize_blocks,
+    quantized_state,
+)
 from jaxrm.memory._remat import POLICIES, Residual, policy, remat, residual_bytes, residuals
 from jaxrm.memory._report import MemoryReport, device_budget, format_bytes, report
 from jaxrm.memory._sharding import (
@@ -26,22 +35,29 @@ from jaxrm.memory._sharding import (
 )
 
 __all__ = [
+    "BlockQuantized",
     "DEFAULT_MARGIN",
     "POLICIES",
     "MemoryReport",
+    "QuantizedState",
     "RematLinen",
     "Residual",
     "Rules",
     "accumulate",
     "choose_policy",
     "data_sharding",
+    "dequantize_blocks",
     "device_budget",
+    "dynamic_map",
     "fit_batch",
     "format_bytes",
     "fsdp",
+    "linear_map",
     "mesh",
     "per_device_bytes",
     "policy",
+    "quantize_blocks",
+    "quantized_state",
     "remat",
     "remat_modules",
     "report",

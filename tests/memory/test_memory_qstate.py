@@ -1,0 +1,181 @@
+"""8-bit blockwise optimizer state: codes against a numpy reference, adam on a quadratic,
+state bytes, orbax round trip, jit and errors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxrm import memory
+from jaxrm.tree import nbytes
+
+
+def numpy_blockwise(x, block, table_signed, table_unsigned):
+    """Reference: nearest code of x / absmax(block) on the map, then back."""
+    flat = np.asarray(x, np.float64).reshape(-1)
+    table = table_unsigned if np.all(flat >= 0) else table_signed
+    table = table.astype(np.float64)
+    pad = (-flat.size) % block
+    blocks = np.pad(flat, (0, pad)).reshape(-1, block)
+    absmax = np.abs(blocks).max(axis=1)
+    normed = blocks / np.where(absmax > 0, absmax, 1)[:, None]
+    codes = np.abs(normed[..., None] - table).argmin(axis=-1)
+    if table is table_unsigned.astype(np.float64) or np.all(flat >= 0):
+        codes = np.where((normed > 0) & (codes == 0), 1, codes)  # positives stay positive
+    back = table[codes] * absmax[:, None]
+    return codes.reshape(-1)[: flat.size], back.reshape(-1)[: flat.size].reshape(x.shape), absmax
+
+
+def test_dynamic_map_shape():
+    for signed in (True, False):
+        t = memory.dynamic_map(signed)
+        assert t.shape == (256,) and np.all(np.diff(t) > 0)  # 256 distinct sorted codes
+        assert t[-1] == 1.0 and 0.0 in t
+        positive = t[t > 0]
+        # seven decades below the block maximum, relative spacing in each
+        assert positive.min() < 1e-6 and positive.min() > 1e-7
+    assert np.sum(memory.dynamic_map(True) < 0) == 127
+    assert np.sum(memory.dynamic_map(False) > 0) == 255
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.sampled_from([1, 300, 2047, 2049, 5000]), block=st.sampled_from([64, 2048]),
+       scale=st.floats(1e-6, 1e3), power=st.sampled_from([1, 3, 7]), signed=st.booleans(),
+       mapping=st.sampled_from(["dynamic", "linear"]), seed=st.integers(0, 3))
+def test_codes_match_numpy_nearest(n, block, scale, power, signed, mapping, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1 if signed else 0, 1, n) ** power * scale
+    x = x.astype(np.float32)
+    maps = memory.dynamic_map if mapping == "dynamic" else memory.linear_map
+    codes, back, absmax = numpy_blockwise(x, block, maps(True), maps(False))
+    q = memory.quantize_blocks(x, block=block, mapping=mapping)
+    assert q.codes.dtype == jnp.uint8 and q.codes.shape == (n,)
+    assert q.absmax.shape == (-(-n // block),)
+    np.testing.assert_allclose(np.asarray(q.absmax), absmax, rtol=1e-6)
+    got_codes = np.asarray(q.codes).astype(int)
+    # the nearest code, up to float32 ties at a midpoint
+    assert np.mean(got_codes != codes) < 1e-3
+    assert np.all(np.abs(got_codes - codes) <= 1)
+    err = np.abs(np.asarray(memory.dequantize_blocks(q), np.float64) - x)
+    ref_err = np.abs(back - x)
+    per_entry_absmax = np.repeat(absmax, block)[:n]
+    assert np.all(err <= ref_err + 1e-6 * per_entry_absmax + 1e-30)
+
+
+def test_round_trip_error_bound_dynamic():
+    # relative precision: entries within 3 decades of their block max keep ~7% or better
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(8192) * 10.0 ** rng.uniform(-3, 0, 8192)).astype(np.float32)
+    q = memory.quantize_blocks(x, block=2048)
+    y = np.asarray(memory.dequantize_blocks(q))
+    absmax = np.repeat(np.asarray(q.absmax), 2048)
+    rel = np.abs(y - x) / np.abs(x)
+    # half a bin relative to the bin's lower edge: 4.5 / 2^i in decade i (64 codes in the
+    # top decade, 32 in the next, ...): precision is relative, not absolute
+    for decades, bound in ((1, 4.5 / 64), (2, 4.5 / 32), (3, 4.5 / 16)):
+        inside = np.abs(x) >= 10.0**-decades * absmax
+        assert np.max(rel[inside]) <= bound + 1e-6, decades
+    assert np.all(np.sign(y)[y != 0] == np.sign(x)[y != 0])
+    assert memory.quantize_blocks(np.zeros(10, np.float32)).absmax.tolist() == [0.0]
+    np.testing.assert_array_equal(memory.dequantize_blocks(memory.quantize_blocks(
+        np.zeros((3, 5), np.float32))), np.zeros((3, 5)))
+
+
+def quadratic(params, target):
+    return 0.5 * sum(jnp.sum((p - t) ** 2 * s) for p, t, s in zip(
+        params.values(), target.values(), (1.0, 4.0, 0.25)))
+
+
+def test_adam_with_quantized_state_reaches_the_same_minimum():
+    rng = np.random.default_rng(0)
+    target = {"a": rng.standard_normal((64, 128)).astype(np.float32),
+              "b": rng.standard_normal((96, 64)).astype(np.float32),
+              "c": rng.standard_normal((32,)).astype(np.float32)}
+    params0 = jax.tree.map(jnp.zeros_like, target)
+
+    def run(tx):
+        @jax.jit
+        def step(p, s):
+            g = jax.grad(quadratic)(p, target)
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        p, s = params0, tx.init(params0)
+        for _ in range(300):
+            p, s = step(p, s)
+        return p, s
+
+    sched = optax.cosine_decay_schedule(0.1, 300)
+    p_float, _ = run(optax.adam(sched))
+    p_q, s_q = run(memory.quantized_state(optax.adam(sched), block=256))
+    for k in target:
+        assert np.max(np.abs(p_float[k] - target[k])) < 1e-3, k
+        assert np.max(np.abs(p_q[k] - target[k])) < 1e-3, k
+    mu = s_q.inner[0].mu
+    assert isinstance(mu["a"], memory.BlockQuantized) and isinstance(mu["c"], jax.Array)
+    assert bool(s_q.inner[0].nu["a"].unsigned)  # second moments use the unsigned map
+
+
+def test_state_bytes_and_small_leaves():
+    params = {"w1": jnp.zeros((256, 1024)), "w2": jnp.zeros((1024, 256)),
+              "bias": jnp.zeros((1024,)), "scale": jnp.zeros((256,))}
+    float_state = optax.adam(1e-3).init(params)
+    q_state = memory.quantized_state(optax.adam(1e-3)).init(params)
+    ratio = nbytes(q_state) / nbytes(float_state)
+    assert ratio <= 0.27, ratio
+    assert isinstance(q_state.inner[0].mu["bias"], jax.Array)  # under min_size: float
+    q_all = memory.quantized_state(optax.adam(1e-3), min_size=0).init(params)
+    assert isinstance(q_all.inner[0].mu["bias"], memory.BlockQuantized)
+
+
+def test_orbax_round_trip_and_resume(tmp_path):
+    rng = np.random.default_rng(1)
+    params = {"w": jnp.asarray(rng.standard_normal((128, 64)), jnp.float32),
+              "b": jnp.zeros((64,))}
+    tx = memory.quantized_state(optax.adamw(1e-2), block=512)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(p["w"]) ** 2) + jnp.sum(p["b"] ** 2)))
+
+    @jax.jit
+    def step(p, s):
+        u, s = tx.update(grad(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    p, s = params, tx.init(params)
+    for _ in range(5):
+        p, s = step(p, s)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(tmp_path / "state", {"params": p, "opt_state": s})
+    ckpt.wait_until_finished()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                            {"params": params, "opt_state": tx.init(params)})
+    restored = ckpt.restore(tmp_path / "state", abstract)
+    ckpt.close()
+    chex.assert_trees_all_equal(restored["opt_state"], s)
+    assert restored["opt_state"].inner[0].mu["w"].codes.dtype == jnp.uint8
+    p1, s1 = step(p, s)
+    p2, s2 = step(restored["params"], restored["opt_state"])
+    chex.assert_trees_all_equal((p1, s1), (p2, s2))
+
+
+def test_extra_args_and_errors():
+    params = {"w": jnp.ones((64, 64))}
+    tx = memory.quantized_state(optax.adam(1e-3), min_size=16)
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+    tx.update(params, tx.init(params), params, unused_extra=1.0)
+    with pytest.raises(ValueError, match="only 8-bit"):
+        memory.quantized_state(optax.adam(1e-3), bits=4)
+    with pytest.raises(TypeError, match="block"):
+        memory.quantized_state(optax.adam(1e-3), block=2048.0)
+    with pytest.raises(ValueError, match="block"):
+        memory.quantized_state(optax.adam(1e-3), block=0)
+    with pytest.raises(ValueError, match="mapping"):
+        memory.quantized_state(optax.adam(1e-3), mapping="log")
+    with pytest.raises(TypeError, match="inner"):
+        memory.quantized_state(lambda g: g)
+    with pytest.raises(TypeError, match="QuantizedState"):
+        tx.update(params, optax.adam(1e-3).init(params), params)
