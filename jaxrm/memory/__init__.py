@@ -12,6 +12,7 @@
 
 from jaxrm.memory._accumulate import accumulate
 from jaxrm.memory._fit import DEFAULT_MARGIN, choose_policy, fit_batch
+from jaxrm.memory._guard import OOMGuard, oom_guard
 from jaxrm.memory._modules import RematLinen, remat_modules
 from jaxrm.memory._qstate import (
     BlockQuantized,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_MARGIN",
     "POLICIES",
     "MemoryReport",
+    "OOMGuard",
     "QuantizedState",
     "RematLinen",
     "Residual",
@@ -54,6 +56,7 @@ __all__ = [
     "fsdp",
     "linear_map",
     "mesh",
+    "oom_guard",
     "per_device_bytes",
     "policy",
     "quantize_blocks",
