@@ -14,6 +14,7 @@ from jaxrm.memory._accumulate import accumulate
 from jaxrm.memory._fit import DEFAULT_MARGIN, choose_policy, fit_batch
 from jaxrm.memory._guard import OOMGuard, oom_guard
 from jaxrm.memory._modules import RematLinen, remat_modules
+from jaxrm.memory._plan import Option, Plan, plan
 from jaxrm.memory._qstate import (
     BlockQuantized,
     QuantizedState,
@@ -41,6 +42,8 @@ __all__ = [
     "POLICIES",
     "MemoryReport",
     "OOMGuard",
+    "Option",
+    "Plan",
     "QuantizedState",
     "RematLinen",
     "Residual",
@@ -58,6 +61,7 @@ __all__ = [
     "mesh",
     "oom_guard",
     "per_device_bytes",
+    "plan",
     "policy",
     "quantize_blocks",
     "quantized_state",

@@ -1,0 +1,223 @@
+"""8-bit optimizer state (memory.quantized_state) against float Adam: bytes, curves, step time.
+
+Run: python benchmarks/memory_qstate.py [--steps 200] [--seeds 3]   (a few minutes on CPU)
+
+Two models trained with optax.adam and with memory.quantized_state(optax.adam)
+from the same initialisation and the same batches, three seeds each:
+* a character-level Transformer LM (2 pre-norm blocks, d=64, 4 heads, context
+  64) on the text of this repository's docs (held-out tail for validation);
+* LeNet-300-100 (784-300-100-10) on scikit-learn's 8x8 digits upsampled to
+  28x28 (MNIST's size; MNIST itself needs a download this script avoids).
+Prints the optimizer-state bytes of both, final train/validation loss (mean
+and spread over seeds), and the time of one jitted training step, the two
+optimizers timed alternately round by round (min and median), beside the
+time of one memcpy of the model's parameters and the machine's load average.
+"""
+
+import argparse
+import glob
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from jaxrm import memory
+from jaxrm.tree import nbytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- data
+
+
+def text_data(seq):
+    text = "".join(Path(f).read_text() for f in sorted(glob.glob(str(ROOT / "docs" / "*.md"))))
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text], np.int32)
+    split = int(0.9 * len(ids))
+    return ids[:split], ids[split:], len(chars)
+
+
+def lm_batches(ids, seq, batch, steps, seed):
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, len(ids) - seq - 1, (steps, batch))
+    return np.stack([ids[s : s + seq + 1] for s in starts.reshape(-1)]).reshape(steps, batch, -1)
+
+
+def digits_data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32) / 16.0
+    x = np.asarray(jax.image.resize(x, (len(x), 28, 28), "linear")).reshape(len(x), -1)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    x, y = x[order], d.target[order].astype(np.int32)
+    return (x[:1500], y[:1500]), (x[1500:], y[1500:])
+
+
+# ---------------------------------------------------------------- models
+
+
+class Block(nn.Module):
+    d: int
+    heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.LayerNorm()(x)
+        mask = nn.make_causal_mask(jnp.ones(x.shape[:2]))
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(h, h, mask=mask)
+        h = nn.Dense(4 * self.d)(nn.LayerNorm()(x))
+        return x + nn.Dense(self.d)(nn.gelu(h))
+
+
+class CharLM(nn.Module):
+    vocab: int
+    d: int = 64
+    heads: int = 4
+    layers: int = 2
+    seq: int = 64
+
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(self.vocab, self.d)(tokens)
+        x = x + self.param("pos", nn.initializers.normal(0.02), (self.seq, self.d))
+        for _ in range(self.layers):
+            x = Block(self.d, self.heads)(x)
+        return nn.Dense(self.vocab)(nn.LayerNorm()(x))
+
+
+class LeNet300(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(300)(x))
+        x = nn.relu(nn.Dense(100)(x))
+        return nn.Dense(10)(x)
+
+
+def lm_loss(model):
+    def loss(params, batch):
+        logits = model.apply(params, batch[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
+    return loss
+
+
+def cls_loss(model):
+    def loss(params, batch):
+        x, y = batch
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x), y).mean()
+
+    return loss
+
+
+def make_step(loss, tx):
+    @jax.jit
+    def step(params, state, batch):
+        value, grads = jax.value_and_grad(loss)(params, batch)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    return step
+
+
+# ---------------------------------------------------------------- runs
+
+
+def optimizers(lr):
+    return {"adam": optax.adam(lr), "adam 8-bit": memory.quantized_state(optax.adam(lr))}
+
+
+def train(loss, params, tx, batches, eval_fn):
+    step = make_step(loss, tx)
+    state = tx.init(params)
+    for b in batches:
+        params, state, value = step(params, state, b)
+    return float(value), float(eval_fn(params)), state
+
+
+def time_steps(loss, params, txs, batch, rounds):
+    steps = {name: make_step(loss, tx) for name, tx in txs.items()}
+    states = {name: tx.init(params) for name, tx in txs.items()}
+    for name in steps:
+        jax.block_until_ready(steps[name](params, states[name], batch))
+    flat = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(params)])
+    out = np.empty_like(flat)
+    times = {name: [] for name in [*steps, "memcpy"]}
+    for _ in range(rounds):  # interleaved: every contender once per round
+        for name in steps:
+            t = time.perf_counter()
+            jax.block_until_ready(steps[name](params, states[name], batch))
+            times[name].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        np.copyto(out, flat)
+        times["memcpy"].append(time.perf_counter() - t)
+    return times
+
+
+def report(title, loss, init, txs, runs, batch, rounds):
+    print(f"\n== {title}")
+    params = init(0)
+    float_bytes = nbytes(txs["adam"].init(params))
+    q_bytes = nbytes(txs["adam 8-bit"].init(params))
+    print(f"parameters {nbytes(params):,} B; optimizer state: adam {float_bytes:,} B, "
+          f"8-bit {q_bytes:,} B, ratio {q_bytes / float_bytes:.3f} (target <= 0.27)")
+    results = {name: [] for name in txs}
+    for seed, (batches, eval_fn) in enumerate(runs):
+        for name, tx in txs.items():
+            results[name].append(train(loss, init(seed), tx, batches, eval_fn)[:2])
+    for name, rs in results.items():
+        tr, va = np.array(rs).T
+        print(f"  {name:<11} final train loss {tr.mean():.4f} +- {tr.std():.4f}   "
+              f"validation {va.mean():.4f} +- {va.std():.4f}   (seeds: "
+              + ", ".join(f"{v:.4f}" for v in va) + ")")
+    times = time_steps(loss, params, txs, batch, rounds)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for name, ts in times.items():
+        print(f"  step {name:<11} min {min(ts) * 1e3:8.3f} ms  median {med[name] * 1e3:8.3f} ms")
+    print(f"  8-bit / float step time: min {min(times['adam 8-bit']) / min(times['adam']):.3f}, "
+          f"median {med['adam 8-bit'] / med['adam']:.3f} (target <= 1.15)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=30)
+    args = ap.parse_args()
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, load {os.getloadavg()}")
+
+    seq, batch = 64, 32
+    train_ids, val_ids, vocab = text_data(seq)
+    lm = CharLM(vocab, seq=seq)
+    val = jnp.asarray(lm_batches(val_ids, seq, 64, 1, 123)[0])
+    loss = lm_loss(lm)
+    runs = [([jnp.asarray(b) for b in lm_batches(train_ids, seq, batch, args.steps, s)],
+             jax.jit(lambda p, v=val: loss(p, v))) for s in range(args.seeds)]
+    report("char Transformer LM (docs text)", loss,
+           lambda s: lm.init(jax.random.key(s), jnp.zeros((1, seq), jnp.int32)),
+           optimizers(3e-3), runs, runs[0][0][0], args.rounds)
+
+    (xtr, ytr), (xte, yte) = digits_data()
+    net = LeNet300()
+    closs = cls_loss(net)
+    test = jax.jit(lambda p: closs(p, (xte, yte)))
+    runs = []
+    for s in range(args.seeds):
+        idx = np.random.default_rng(s).integers(0, len(xtr), (args.steps, 64))
+        runs.append(([(jnp.asarray(xtr[i]), jnp.asarray(ytr[i])) for i in idx], test))
+    report("LeNet-300-100 (digits at 28x28)", closs,
+           lambda s: net.init(jax.random.key(s), jnp.zeros((1, 784))),
+           optimizers(1e-3), runs, runs[0][0][0], args.rounds)
+    print(f"\nload {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
