@@ -668,13 +668,15 @@ def save(path: str | os.PathLike, tree: Any, **kwargs: Any) -> int:
     Args:
       path: the file to write (conventionally ending in ``.jrm``).
       tree: the tree to encode.
-      **kwargs: passed to :func:`encode` (``masks``, ``entropy``, ``index_bits``).
+      **kwargs: passed to [`encode`][jaxrm.coding.encode] (``masks``, ``entropy``, ``index_bits``).
 
     Returns:
       The number of bytes written.
 
     Raises:
-      The errors of :func:`encode`, and ``OSError`` from the file system.
+      TypeError: as [`encode`][jaxrm.coding.encode] raises it.
+      ValueError: as [`encode`][jaxrm.coding.encode] raises it.
+      OSError: from the file system.
     """
     data = encode(tree, **kwargs)
     path = os.fspath(path)
@@ -696,7 +698,8 @@ def save(path: str | os.PathLike, tree: Any, **kwargs: Any) -> int:
 
 
 def load(path: str | os.PathLike, like: Any = None) -> Any:
-    """Reads a ``.jrm`` file written by :func:`save`; see :func:`decode`.
+    """Reads a ``.jrm`` file written by [`save`][jaxrm.coding.save]; see
+    [`decode`][jaxrm.coding.decode].
 
     Raises:
       FormatError: the file is not a well-formed ``.jrm`` file.

@@ -67,7 +67,7 @@ class Report:
     """Per-leaf rows and the total; ``str()`` is a markdown table.
 
     Attributes:
-      rows: one :class:`ReportRow` per leaf, in file order.
+      rows: one [`ReportRow`][jaxrm.coding.ReportRow] per leaf, in file order.
       total: the sums; ``total.bytes`` is the file size (header and manifest
         included, as ``overhead_bytes``).
       overhead_bytes: bytes of the header and manifest.
@@ -154,12 +154,12 @@ def report(tree_or_bytes: Any, masks: Any = None, **encode_kwargs: Any) -> Repor
 
     Args:
       tree_or_bytes: ``.jrm`` bytes, or a tree that is first encoded with
-        :func:`encode` (with ``masks`` and ``encode_kwargs``).
-      masks: masks for encoding a tree (see :func:`encode`).
+        [`encode`][jaxrm.coding.encode] (with ``masks`` and ``encode_kwargs``).
+      masks: masks for encoding a tree (see [`encode`][jaxrm.coding.encode]).
       **encode_kwargs: ``entropy`` and ``index_bits`` for encoding a tree.
 
     Returns:
-      A :class:`Report`; its total ``bytes`` equals the encoded file's size.
+      A [`Report`][jaxrm.coding.Report]; its total ``bytes`` equals the encoded file's size.
 
     Raises:
       FormatError: the bytes are not a well-formed ``.jrm`` file.
