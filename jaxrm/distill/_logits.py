@@ -119,7 +119,7 @@ def soft_cross_entropy(
 
     ``-T**2 * sum_k q_k log softmax(student / T)_k`` with
     ``q = softmax(teacher / T)`` (or ``q = teacher`` when ``probs=True``, e.g.
-    cached teacher probabilities). It differs from :func:`kd` by
+    cached teacher probabilities). It differs from [`kd`][jaxrm.distill.kd] by
     ``T**2 * H(q)``, the teacher's entropy, which does not depend on the
     student: both give the student the same gradient, but this one is not 0
     when student equals teacher (its minimum is ``T**2 * H(q)``).
