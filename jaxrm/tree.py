@@ -7,7 +7,7 @@ dict and the ``nnx.State`` of the same network give the same paths.
 
 A ``where`` argument chooses the leaves a transform touches:
 
-* ``None``: the default, :func:`weights` (floating arrays with ``ndim >= 2``);
+* ``None``: the default, [`weights`][jaxrm.tree.weights] (floating arrays with ``ndim >= 2``);
 * a string: a regular expression searched (``re.search``) in the leaf's path;
 * a callable ``(path, leaf) -> bool``.
 """
@@ -143,7 +143,7 @@ def select(tree: Any, where: Where = None) -> Any:
 
     Args:
       tree: any pytree.
-      where: ``None`` (:func:`weights`), a regular expression searched in each
+      where: ``None`` ([`weights`][jaxrm.tree.weights]), a regular expression searched in each
         leaf's path, or a callable ``(path, leaf) -> bool``.
 
     Returns:
@@ -183,7 +183,7 @@ def map_selected(
     Args:
       fn: called with the path string and the leaf of every selected leaf.
       tree: any pytree.
-      where: the selection (see :func:`select`).
+      where: the selection (see [`select`][jaxrm.tree.select]).
       otherwise: called on unselected leaves instead of leaving them unchanged
         (e.g. ``lambda p, x: None`` to build a mask tree).
 
@@ -264,7 +264,8 @@ def aligned(
 
 
 def check_matches(reference: Any, other: Any, argument: str, *, shapes: bool = True) -> None:
-    """Checks that ``other`` lines up with ``reference`` leaf by leaf (see :func:`aligned`).
+    """Checks that ``other`` lines up with ``reference`` leaf by leaf (see
+    [`aligned`][jaxrm.tree.aligned]).
 
     Raises:
       ValueError: naming ``argument`` and the first leaf path that differs.
