@@ -138,12 +138,15 @@ def soft_cross_entropy(
       Array of shape ``student_logits.shape[:-1]``, non-negative.
 
     Raises:
-      TypeError: if an input is not floating, ``temperature`` is not a number
-        or ``mask`` is not bool.
+      TypeError: if an input is not floating, ``temperature`` is not a number,
+        ``probs`` is not a bool or ``mask`` is not bool.
       ValueError: if the class counts or batch shapes differ, ``temperature``
         is not > 0, or ``mask`` does not broadcast.
     """
     c.positive_number(temperature, "temperature")
+    if not isinstance(probs, bool | np.bool_):
+        # bool("no") is True: a non-bool would silently pick a branch.
+        raise TypeError(f"probs must be a bool, got {probs!r}")
     s, t, m = _validate(student_logits, teacher, mask, ("student_logits", "teacher"))
     return _soft_cross_entropy(s, t, m, temperature, bool(probs))
 

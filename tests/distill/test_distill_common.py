@@ -208,3 +208,11 @@ def test_empty_batch_gives_empty_per_example_values(name):
         chex.assert_shape(f(s, t, mask=jnp.zeros((0,), bool)), (0,))
     g = jax.grad(lambda a: fn(a, t).astype(jnp.float32).sum())(s)
     chex.assert_shape(g, s_shape)
+
+
+@pytest.mark.parametrize("probs", ["no", 1, None])
+def test_soft_cross_entropy_probs_must_be_a_bool(probs):
+    # bool("no") is True: anything but a bool would silently choose a branch.
+    s = jnp.zeros((2, 3))
+    with pytest.raises(TypeError, match="probs"):
+        distill.soft_cross_entropy(s, s, probs=probs)
