@@ -176,7 +176,7 @@ class _NumbersOnly(pickle._Unpickler):  # the Python unpickler: its opcodes can 
     def __init__(self, file: BinaryIO, max_bytes: int):
         super().__init__(file, encoding="latin1")
         self.memo = _Memo()
-        self.budget = max_bytes
+        self.max_bytes = self.budget = max_bytes
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("refusing persistent ids")
@@ -240,7 +240,7 @@ class _NumbersOnly(pickle._Unpickler):  # the Python unpickler: its opcodes can 
         nbytes = math.prod(shape) * dt.itemsize
         if nbytes > self.budget:
             raise pickle.UnpicklingError(
-                f"the arrays declare more than {MAX_PICKLE_ARRAY_BYTES} bytes in all"
+                f"the arrays declare more than {self.max_bytes} bytes in all"
             )
         if len(raw) != nbytes:
             raise pickle.UnpicklingError(
