@@ -70,7 +70,14 @@ class Reader:
             codes = self.symbols(sp.index, f"{what} index")
             pos = _sparse.positions(codes, leaf.size)
         if isinstance(leaf, mf.SparseLeaf):
-            return Parts(pos, self.m.raw(leaf.values))
+            values = self.m.raw(leaf.values)
+            # fillers have the top code and hold +0: every other entry is a kept one
+            top = (1 << sp.index_bits) - 1
+            bits = values.view(f"u{values.dtype.itemsize}") if values.dtype.itemsize else values
+            surely_kept = int(np.count_nonzero((codes != top) | (bits != 0)))
+            if surely_kept > sp.kept:
+                raise FormatError(f"{what}: more kept entries than the record says")
+            return Parts(pos, values)
         sym = self.symbols(leaf.values, f"{what} values")
         if leaf.filler is not None:
             real = sym != leaf.filler

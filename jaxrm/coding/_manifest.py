@@ -312,9 +312,7 @@ class _Parser:
             raise FormatError(f"{len(leaves)} leaves exceed max_elements={max_elements}")
         self.leaves = tuple(self._leaf(e, i) for i, e in enumerate(leaves))
         self._check_tiling()
-        paths = [e.path for e in self.leaves]
-        if len(set(paths)) != len(paths):
-            raise FormatError("the manifest repeats a leaf path")
+        _check_paths([e.path for e in self.leaves])
 
     # -- sections, streams and their use
 
@@ -506,6 +504,20 @@ class _Parser:
             **base, bits=bits, axis=axis, values_dtype=vdtype, offset=offset, scale=scale,
             zero_point=zero_point, values=values, sparse=sparse, filler=filler,
         )  # fmt: skip
+
+
+def _check_paths(paths: list[str]) -> None:
+    """No path repeats, and none runs through another (they nest into one dict)."""
+    known = set(paths)
+    if len(known) != len(paths):
+        raise FormatError("the manifest repeats a leaf path")
+    if len(paths) == 1:
+        return
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in known:
+                raise FormatError(f"path {path[:200]!r} runs through another leaf")
 
 
 def _tiles(spans: list[tuple[int, int]], length: int) -> bool:

@@ -29,7 +29,8 @@ def join(head, manifest, body, fix_crcs=True, compress=None):
     magic, version, flags = head
     if fix_crcs:
         pos = 0
-        for s in manifest.get("sections", []) if isinstance(manifest, dict) else []:
+        secs = manifest.get("sections") if isinstance(manifest, dict) else None
+        for s in secs if isinstance(secs, list) else []:
             if isinstance(s, dict) and isinstance(s.get("length"), int) and s["length"] >= 0:
                 s["crc32"] = zlib.crc32(body[pos : pos + s["length"]])
                 pos += s["length"]
@@ -98,9 +99,10 @@ class Craft:
             "sections": [{"length": len(s), "crc32": 0} for s in self.sections],
         }
 
-    def build(self, manifest=None, version=2, compress=False):
+    def build(self, manifest=None, version=2, compress=False, fix_crcs=True):
         body = b"".join(self.sections)
-        return join((MAGIC, version, 0), manifest or self.manifest(), body, compress=compress)
+        manifest = manifest or self.manifest()
+        return join((MAGIC, version, 0), manifest, body, fix_crcs=fix_crcs, compress=compress)
 
 
 def pack(symbols, width):
