@@ -135,9 +135,9 @@ def _codebook(m: mf.Manifest, leaf: mf.CodebookLeaf, p: Parts, dequantize: bool)
         idx = _scatter(leaf.size, leaf.index_dtype, p.positions, p.values).reshape(leaf.shape)
         mask = _mask(leaf.size, p.positions)
         return Codebook(
-            indices=jnp.asarray(idx),
-            centroids=jnp.asarray(centroids),
-            mask=None if mask is None else jnp.asarray(mask.reshape(leaf.shape)),
+            indices=jax.device_put(idx),
+            centroids=jax.device_put(centroids),
+            mask=None if mask is None else jax.device_put(mask.reshape(leaf.shape)),
             bits=leaf.bits,
             dtype=leaf.dtype.name,
         )
@@ -153,11 +153,11 @@ def _qarray(m: mf.Manifest, leaf: mf.QArrayLeaf, p: Parts, dequantize: bool) -> 
         mask = _mask(leaf.size, p.positions)
         fields = {}
         if mask is not None:
-            fields["mask"] = jnp.asarray(mask.reshape(leaf.shape))
+            fields["mask"] = jax.device_put(mask.reshape(leaf.shape))
         return QArray(
-            values=jnp.asarray(vals),
-            scale=jnp.asarray(scale),
-            zero_point=jnp.asarray(zp),
+            values=jax.device_put(vals),
+            scale=jax.device_put(scale),
+            zero_point=jax.device_put(zp),
             bits=leaf.bits,
             axis=leaf.axis,
             dtype=leaf.dtype.name,
@@ -185,7 +185,7 @@ def _to_output(x: Any) -> Any:
         return x
     if jax.dtypes.canonicalize_dtype(x.dtype) != x.dtype:
         return np.asarray(x)  # e.g. float64 without jax_enable_x64: keep numpy
-    return jnp.asarray(x)
+    return jax.device_put(x)
 
 
 def _nest(items: list[tuple[str, Any]]) -> Any:

@@ -230,12 +230,12 @@ def _dtype(name: Any, what: str, allowed: frozenset[str] | None = None) -> np.dt
     return DTYPES[name]
 
 
-def _shape(x: Any, limit: int, what: str) -> tuple[int, ...]:
+def _shape(x: Any, limit: int, what: str, limit_name: str = "the limit") -> tuple[int, ...]:
     if not isinstance(x, list) or len(x) > MAX_NDIM:
         raise FormatError(f"{what} is not a shape of at most {MAX_NDIM} dimensions")
     shape = tuple(_int(d, 0, limit, f"{what} dimension") for d in x)
     if math.prod(shape) > limit:
-        raise FormatError(f"{what} has {math.prod(shape)} elements, above the limit {limit}")
+        raise FormatError(f"{what} has {math.prod(shape)} elements, above {limit_name}={limit}")
     return shape
 
 
@@ -423,7 +423,7 @@ class _Parser:
         e = _obj(e, {"path", "kind", "shape", "dtype"}, f"leaf {i}")
         path = check_path(e["path"], FormatError, f"leaf {i}")
         what = f"leaf {path[:200]!r}"
-        shape = _shape(e["shape"], self.max_elements, what)
+        shape = _shape(e["shape"], self.max_elements, what, "max_elements")
         base = {"path": path, "shape": shape, "dtype": _dtype(e["dtype"], what)}
         size = math.prod(shape)
         self._charge(size, what)
