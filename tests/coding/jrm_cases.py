@@ -160,7 +160,8 @@ def _header_cases():
     for f in (2, 0x8000):
         yield "header", f"flags {f}", join((MAGIC, 2, f), copy.deepcopy(m), codebook_body())
     yield "header", "v1 with flags", join((MAGIC, 1, 0), m, codebook_body(), compress=True)
-    yield "header", "manifest length past end", good[:12] + (2**31).to_bytes(4, "little") + good[16:]
+    past_end = good[:12] + (2**31).to_bytes(4, "little") + good[16:]
+    yield "header", "manifest length past end", past_end
     for text in [b"[" * 100_000 + b"]" * 100_000, b"NaN", b'{"leaves": 1' + b"0" * 5000 + b"}",
                  b"\xff\xfe{}", b"{}", b"[]", b'{"leaves": [], "sections": [], "x": Infinity}',
                  b'{"leaves": [], "sections": {}}', b'{"leaves": {}, "sections": []}']:
@@ -169,7 +170,8 @@ def _header_cases():
     yield "header", "manifest zlib bomb", _zlib_file(bomb)
     yield "header", "manifest bad zlib", _zlib_file(b"\x78\x9c" + b"\x00" * 40)
     yield "header", "manifest zlib trailing", _zlib_file(zlib.compress(b"{}") + b"junk")
-    yield "header", "manifest zlib truncated", _zlib_file(zlib.compress(json.dumps(m).encode())[:-4])
+    cut = zlib.compress(json.dumps(m).encode())[:-4]
+    yield "header", "manifest zlib truncated", _zlib_file(cut)
     yield "header", "empty", b""
     yield "header", "short", good[:19]
 
@@ -197,7 +199,8 @@ def _section_cases():
     yield "sections", "trailing bytes", codebook().build() + b"\x00"
     yield "sections", "one too long", _edit(codebook, lambda m: m["sections"][0].update(
         length=m["sections"][0]["length"] + 1))
-    yield "sections", "raw overlaps raw", _edit(shared, _set(["leaves", 1, "centroids", "offset"], 4))
+    overlap = _set(["leaves", 1, "centroids", "offset"], 4)
+    yield "sections", "raw overlaps raw", _edit(shared, overlap)
     yield "sections", "raw leaves a gap", _edit(shared, _set(["leaves", 0, "data", "offset"], 1))
     for v in [-1, 2**40, True, "0"]:
         yield "sections", f"raw offset {v!r}", _edit(shared, _set(["leaves", 1, "centroids",
@@ -247,7 +250,7 @@ def _leaf_cases():
     for v in [[-1], [2**62, 2**62], [2**31, 2**31], [1.5], [True], "3", [3] * 33, None,
               [2**40], [0, 2**62, 2**62], [4]]:
         yield "leaf", f"shape {str(v)[:20]}", _edit(raw_leaf, _set(["leaves", 0, "shape"], v))
-    for v in HOSTILE_DTYPES + ["float16", "int32"]:
+    for v in [*HOSTILE_DTYPES, "float16", "int32"]:
         yield "leaf", f"dtype {v!r}", _edit(raw_leaf, _set(["leaves", 0, "dtype"], v))
         yield "leaf", f"raw dtype {v!r}", _edit(raw_leaf, _set(["leaves", 0, "data", "dtype"], v))
     for v in ["eval", "pickle", "", None, 1, "RAW"]:
@@ -259,7 +262,7 @@ def _leaf_cases():
     yield "leaf", "raw huge shape", _edit(raw_leaf, _set(["leaves", 0, "data", "shape"], [2**40]))
     yield "leaf", "leaves not a list", _edit(raw_leaf, _set(["leaves"], {"b": 1}))
     yield "leaf", "leaf not an object", _edit(raw_leaf, _set(["leaves", 0], ["b"]))
-    yield "leaf", "leaf records inflating past the ratio", _edit(raw_leaf, lambda m: m["leaves"].extend(
+    yield "leaf", "records inflating past the ratio", _edit(raw_leaf, lambda m: m["leaves"].extend(
         [{"path": f"z{i}", "kind": "raw", "shape": [0], "dtype": "float32",
           "data": {"codec": "raw", "dtype": "float32", "shape": [0], "section": 0,
                    "offset": 12}} for i in range(1 << 15)]), compress=True)
@@ -310,10 +313,10 @@ def _sparse_cases():
 def _codebook_cases():
     for field, v in [("bits", 0), ("bits", 1), ("bits", 17), ("bits", None), ("bits", 2.0)]:
         yield "codebook", f"{field} {v!r}", _edit(codebook, _set(["leaves", 0, field], v))
-    for v in HOSTILE_DTYPES + ["bool", "float16", "float32", "bfloat16"]:
+    for v in [*HOSTILE_DTYPES, "bool", "float16", "float32", "bfloat16"]:
         yield "codebook", f"index dtype {v!r}", _edit(codebook, _set(["leaves", 0, "index_dtype"],
                                                                       v))
-    for v in HOSTILE_DTYPES + ["int32", "bool"]:
+    for v in [*HOSTILE_DTYPES, "int32", "bool"]:
         yield "codebook", f"centroid dtype {v!r}", _edit(
             codebook, _set(["leaves", 0, "centroids", "dtype"], v))
     yield "codebook", "centroids 2-D", _edit(codebook, _set(["leaves", 0, "centroids", "shape"],
@@ -371,7 +374,7 @@ def _qarray_cases():
         yield "qarray", f"{field} {v!r}", _edit(qarray, _set(["leaves", 0, field], v))
     for field in ("scale", "zero_point", "values", "values_dtype", "offset", "axis", "bits"):
         yield "qarray", f"missing {field}", _edit(qarray, lambda m, f=field: _leaf0(m).pop(f))
-    for v in HOSTILE_DTYPES + ["int8"]:
+    for v in [*HOSTILE_DTYPES, "int8"]:
         yield "qarray", f"scale dtype {v!r}", _edit(qarray, _set(["leaves", 0, "scale", "dtype"],
                                                                  v))
 

@@ -1,4 +1,4 @@
-"""Crafted files with valid CRC32s: refused fast, with bounded memory, by decode and report alike."""
+"""Crafted files with valid CRC32s: refused fast, in bounded memory, by decode and report."""
 
 import collections
 import json
