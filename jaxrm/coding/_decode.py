@@ -18,12 +18,14 @@ import numpy as np
 from jaxrm.coding import _manifest as mf
 from jaxrm.coding import _sparse, _streams
 from jaxrm.coding._bits import FormatError
+from jaxrm.coding._int4 import pack_int4
 from jaxrm.quant._types import Codebook, QArray, is_quantized
 from jaxrm.tree import path_str
 
 __all__ = ["Reader", "decode"]
 
-QARRAY_HAS_MASK = "mask" in {f.name for f in dataclasses.fields(QArray)}
+_QARRAY_FIELDS = {f.name for f in dataclasses.fields(QArray)}
+QARRAY_HAS_MASK = "mask" in _QARRAY_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +131,17 @@ def _dequantize_qarray(vals: np.ndarray, scale: np.ndarray, zp: np.ndarray, dtyp
     return x.astype(dtype, copy=False)
 
 
+def _expand_groups(s: np.ndarray, shape: tuple[int, ...], group_size: int | None) -> np.ndarray:
+    """A group-wise scale repeated to full size on its grouped axes (as ``QArray`` does)."""
+    if group_size is None:
+        return s
+    s = s.reshape((1,) * (len(shape) - s.ndim) + s.shape)
+    for d, (m, n) in enumerate(zip(s.shape, shape)):
+        if m not in (1, n):
+            s = np.take(np.repeat(s, group_size, axis=d), np.arange(n), axis=d)
+    return s
+
+
 def _codebook(m: mf.Manifest, leaf: mf.CodebookLeaf, p: Parts, dequantize: bool) -> Any:
     centroids = m.raw(leaf.centroids)
     if not dequantize:
@@ -142,7 +155,35 @@ def _codebook(m: mf.Manifest, leaf: mf.CodebookLeaf, p: Parts, dequantize: bool)
             dtype=leaf.dtype.name,
         )
     table = centroids.astype(_jax_dtype(centroids.dtype)).astype(leaf.dtype)
-    return _scatter(leaf.size, leaf.dtype, p.positions, table[p.values]).reshape(leaf.shape)
+    if table.ndim == 1:
+        return _scatter(leaf.size, leaf.dtype, p.positions, table[p.values]).reshape(leaf.shape)
+    # one codebook per stacked slice: gather along the last axis, broadcast over the rest
+    idx = _scatter(leaf.size, np.intp, p.positions, p.values).reshape((*leaf.shape, 1))
+    x = np.take_along_axis(table, idx, axis=-1)[..., 0]
+    if p.positions is not None:
+        x = _scatter(leaf.size, leaf.dtype, p.positions, x.reshape(-1)[p.positions])
+    return x.reshape(leaf.shape)
+
+
+def _stored_qarray(leaf: mf.QArrayLeaf, vals, scale, zp, mask) -> QArray:
+    """The ``QArray`` as it was encoded: packed, grouped and masked as the file says."""
+    fields: dict[str, Any] = {}
+    if leaf.packed and "packed" in _QARRAY_FIELDS:
+        vals = pack_int4(vals)
+        fields["packed"] = True
+    if leaf.group_size is not None and "group_size" in _QARRAY_FIELDS:
+        fields["group_size"] = leaf.group_size
+    if mask is not None:
+        fields["mask"] = jax.device_put(mask.reshape(leaf.shape))
+    return QArray(
+        values=jax.device_put(vals),
+        scale=jax.device_put(scale),
+        zero_point=jax.device_put(zp),
+        bits=leaf.bits,
+        axis=leaf.axis,
+        dtype=leaf.dtype.name,
+        **fields,
+    )
 
 
 def _qarray(m: mf.Manifest, leaf: mf.QArrayLeaf, p: Parts, dequantize: bool) -> Any:
@@ -150,19 +191,9 @@ def _qarray(m: mf.Manifest, leaf: mf.QArrayLeaf, p: Parts, dequantize: bool) -> 
     vals = _scatter(leaf.size, leaf.values_dtype, p.positions, vals).reshape(leaf.shape)
     scale, zp = m.raw(leaf.scale), m.raw(leaf.zero_point)
     if not dequantize:
-        mask = _mask(leaf.size, p.positions)
-        fields = {}
-        if mask is not None:
-            fields["mask"] = jax.device_put(mask.reshape(leaf.shape))
-        return QArray(
-            values=jax.device_put(vals),
-            scale=jax.device_put(scale),
-            zero_point=jax.device_put(zp),
-            bits=leaf.bits,
-            axis=leaf.axis,
-            dtype=leaf.dtype.name,
-            **fields,
-        )
+        return _stored_qarray(leaf, vals, scale, zp, _mask(leaf.size, p.positions))
+    scale = _expand_groups(scale, leaf.shape, leaf.group_size)
+    zp = _expand_groups(zp, leaf.shape, leaf.group_size)
     x = _dequantize_qarray(vals, scale, zp, leaf.dtype).reshape(-1)
     if p.positions is not None:
         x = _scatter(leaf.size, leaf.dtype, p.positions, x[p.positions])

@@ -20,6 +20,7 @@ from jaxrm import tree as jtree
 from jaxrm.coding import _manifest as mf
 from jaxrm.coding import _settings, _sparse, _streams
 from jaxrm.coding._bits import bit_width
+from jaxrm.coding._int4 import unpack_int4
 from jaxrm.quant._types import Codebook, QArray, is_quantized
 from jaxrm.tree import path_str
 
@@ -229,9 +230,12 @@ def _codebook(w: _Writer, path: str, leaf: Codebook, mask, codec: str, bits) -> 
     index_dtype = _dtype_name(idx.dtype, path, "Codebook indices", mf.INTS)
     _dtype_name(cent.dtype, path, "Codebook centroids", mf.FLOATS)
     nbits = _check_int(leaf.bits, 1, 16, "Codebook bits", path)
-    k = int(cent.shape[0]) if cent.ndim == 1 else -1
-    if not 1 <= k <= 1 << nbits:
-        raise ValueError(f"Codebook at {path!r} needs 1 to 2**bits centroids in a 1-D array")
+    k = int(cent.shape[-1]) if cent.ndim else 0
+    if not mf.codebook_fits(cent.shape, idx.shape) or not 1 <= k <= 1 << nbits:
+        raise ValueError(
+            f"Codebook at {path!r} needs 1 to 2**bits centroids: shape (k,), or the "
+            f"indices' rank plus k for one codebook per slice; got {cent.shape}"
+        )
     if k - 1 > np.iinfo(idx.dtype).max:
         raise ValueError(f"Codebook at {path!r}: {k} centroids do not fit {index_dtype} indices")
     _finite(cent, "Codebook centroids", path)
@@ -260,12 +264,18 @@ def _qarray(w: _Writer, path: str, leaf: QArray, mask, codec: str, bits) -> dict
     if not np.issubdtype(vals.dtype, np.integer) or vals.dtype.itemsize > 4:
         raise TypeError(f"QArray at {path!r} needs integer values of at most 32 bits")
     nbits = _check_int(leaf.bits, 1, 32, "QArray bits", path)
+    packed = bool(getattr(leaf, "packed", False))
+    if packed:
+        vals = unpack_int4(vals)
+    group_size = getattr(leaf, "group_size", None)
+    if group_size is not None:
+        group_size = _check_int(group_size, 1, max(vals.shape, default=1), "group_size", path)
     shape = tuple(vals.shape)
     parts = {}
     for name in ("scale", "zero_point"):
         arr = np.asarray(getattr(leaf, name))
         _dtype_name(arr.dtype, path, f"QArray {name}", mf.FLOATS)
-        if not mf.broadcasts_into(arr.shape, shape):
+        if not mf.broadcasts_into(arr.shape, shape, group_size):
             raise ValueError(
                 f"QArray at {path!r}: {name} of shape {arr.shape} does not fit {shape}"
             )
@@ -288,6 +298,8 @@ def _qarray(w: _Writer, path: str, leaf: QArray, mask, codec: str, bits) -> dict
         "axis": axis,
         "values_dtype": _dtype_name(vals.dtype, path, "QArray values"),
         "offset": offset,
+        **({"packed": True} if packed else {}),
+        **({"group_size": group_size} if group_size is not None else {}),
         "scale": w.raw(parts["scale"]),
         "zero_point": w.raw(parts["zero_point"]),
     }

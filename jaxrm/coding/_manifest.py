@@ -180,6 +180,8 @@ class CodebookLeaf(Leaf):
 
 @dataclasses.dataclass(frozen=True)
 class QArrayLeaf(Leaf):
+    packed: bool  # two 4-bit entries per byte in memory (stored unpacked)
+    group_size: int | None  # entries per scale on a grouped axis
     bits: int
     axis: int | None
     values_dtype: np.dtype
@@ -250,11 +252,27 @@ def check_path(path: Any, error: type[Exception], what: str) -> str:
     return path
 
 
-def broadcasts_into(small: tuple[int, ...], shape: tuple[int, ...]) -> bool:
-    """True when ``small`` broadcasts to exactly ``shape`` (never enlarging it)."""
+def broadcasts_into(
+    small: tuple[int, ...], shape: tuple[int, ...], group_size: int | None = None
+) -> bool:
+    """True when ``small`` broadcasts to exactly ``shape`` (never enlarging it).
+
+    With ``group_size``, an axis may also hold one entry per group of
+    ``group_size`` consecutive entries (``ceil(n / group_size)`` of them).
+    """
     if len(small) > len(shape):
         return False
-    return all(s in (1, d) for s, d in zip(small[::-1], shape[::-1]))
+    groups = lambda d: -(-d // group_size) if group_size else 1
+    return all(s in (1, d, groups(d)) for s, d in zip(small[::-1], shape[::-1]))
+
+
+def codebook_fits(centroids: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """One codebook ``(k,)``, or per slice: ``shape``'s rank plus ``k``, sizes 1 or full."""
+    if len(centroids) == 1:
+        return True
+    return len(centroids) == len(shape) + 1 and all(
+        c in (1, d) for c, d in zip(centroids[:-1], shape)
+    )
 
 
 def _manifest_text(data: memoryview, flags: int, mlen: int) -> bytes:
@@ -468,9 +486,11 @@ class _Parser:
         bits = _int(e["bits"], 1, 16, f"{what} bits")
         centroids = self._raw(e["centroids"], f"{what} centroids", FLOATS)
         index_dtype = _dtype(e["index_dtype"], f"{what} index", INTS)
-        k = math.prod(centroids.shape)
-        if len(centroids.shape) != 1 or not 1 <= k <= 1 << bits:
-            raise FormatError(f"{what}: centroids must be a vector of 1 to 2**bits entries")
+        k = centroids.shape[-1] if centroids.shape else 0
+        if not codebook_fits(centroids.shape, base["shape"]) or not 1 <= k <= 1 << bits:
+            raise FormatError(
+                f"{what}: centroids must be 1 to 2**bits entries, one codebook or one per slice"
+            )
         if k - 1 > np.iinfo(index_dtype).max:
             raise FormatError(f"{what}: {k} centroids do not fit {index_dtype.name} indices")
         if symbols > k:
@@ -491,6 +511,14 @@ class _Parser:
         axis = e["axis"]
         if axis is not None:
             axis = _int(axis, -max(len(shape), 1), max(len(shape) - 1, 0), f"{what} axis")
+        packed = e.get("packed", False)
+        if not isinstance(packed, bool):
+            raise FormatError(f"{what}: packed must be true or false")
+        if packed and (bits > 4 or not shape or shape[-1] % 2 or vdtype.itemsize != 1):
+            raise FormatError(f"{what}: packed values need at most 4 bits and an even last axis")
+        group_size = e.get("group_size")
+        if group_size is not None:
+            group_size = _int(group_size, 1, max(shape, default=1), f"{what} group_size")
         info = np.iinfo(vdtype)
         top = offset + symbols - 1
         if offset < max(info.min, -(1 << (bits - 1))) or top > min(info.max, (1 << bits) - 1):
@@ -498,11 +526,12 @@ class _Parser:
         scale = self._raw(e["scale"], f"{what} scale", FLOATS)
         zero_point = self._raw(e["zero_point"], f"{what} zero_point", FLOATS)
         for name, r in (("scale", scale), ("zero_point", zero_point)):
-            if not broadcasts_into(r.shape, shape):
+            if not broadcasts_into(r.shape, shape, group_size):
                 raise FormatError(f"{what}: {name} of shape {r.shape} does not fit {shape}")
         return QArrayLeaf(
-            **base, bits=bits, axis=axis, values_dtype=vdtype, offset=offset, scale=scale,
-            zero_point=zero_point, values=values, sparse=sparse, filler=filler,
+            **base, packed=packed, group_size=group_size, bits=bits, axis=axis,
+            values_dtype=vdtype, offset=offset, scale=scale, zero_point=zero_point,
+            values=values, sparse=sparse, filler=filler,
         )  # fmt: skip
 
 
