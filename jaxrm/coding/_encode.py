@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxrm import tree as jtree
 from jaxrm.coding import _manifest as mf
-from jaxrm.coding import _settings, _sparse, _streams
+from jaxrm.coding import _sparse, _streams
 from jaxrm.coding._bits import bit_width
 from jaxrm.coding._int4 import unpack_int4
 from jaxrm.quant._types import Codebook, QArray, is_quantized
@@ -387,15 +387,13 @@ def _settings_of(tree, leaves, masks, entropy, index_bits):
     if masks is None:
         mask_list = [None] * len(leaves)
     else:
-        mask_list = list(
-            jtree.aligned(tree, masks, "masks", shapes=False, is_leaf=is_quantized)
-        )
-    bits = _settings.per_leaf(
-        index_bits, tree, paths, items, argument="index_bits", is_scalar=_is_index_bits,
-        default=None,
+        mask_list = jtree.aligned(tree, masks, "masks", shapes=False, is_leaf=is_quantized)
+    bits = jtree.resolve(
+        index_bits, tree, argument="index_bits", is_scalar=_is_index_bits,
+        is_leaf=is_quantized, default=None,
     )  # fmt: skip
-    codecs = _settings.per_leaf(
-        entropy, tree, paths, items, argument="entropy", is_scalar=_is_entropy,
+    codecs = jtree.resolve(
+        entropy, tree, argument="entropy", is_scalar=_is_entropy, is_leaf=is_quantized,
         default="huffman",
     )  # fmt: skip
     out = []

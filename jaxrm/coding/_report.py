@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxrm.coding import _decode, _encode, _settings
+from jaxrm import tree as jtree
+from jaxrm.coding import _decode, _encode
 from jaxrm.coding import _manifest as mf
 from jaxrm.coding._bits import FormatError, bit_width
+from jaxrm.quant._types import is_quantized
 
 __all__ = ["Report", "ReportRow", "report"]
 
@@ -178,28 +180,21 @@ def _slices(e: mf.Leaf, parts: _decode.Parts, axis: int) -> list[tuple[str, int,
 
 
 def _stacked_axes(stacked: Any, tree: Any, m: mf.Manifest) -> list[int | None]:
-    if stacked is None:
-        return [None] * len(m.leaves)
-    paths = [e.path for e in m.leaves]
-    scalar = lambda x: x is None or isinstance(x, int)
+    """The stacked axis of each leaf (``None``: one row), from the tree's layouts or by path."""
     if tree is not None:
-        layouts = getattr(_settings.jtree, "layouts", None)
-        if layouts is not None:
-            found = layouts(tree, stacked=stacked, is_leaf=_encode.is_quantized)
-            return [(lay.stacked[0] if lay is not None and lay.stacked else None) for lay in found]
-        leaves = [leaf for _, leaf in _encode._flatten(tree)]
-        return _settings.per_leaf(
-            stacked, tree, paths, leaves, argument="stacked", is_scalar=scalar, default=None
-        )
-    if isinstance(stacked, dict) and not _settings.is_rules(stacked):
+        if stacked is None:
+            return [None] * len(m.leaves)
+        found = jtree.layouts(tree, stacked=stacked, is_leaf=is_quantized)
+        return [lay.stacked[0] if lay is not None and lay.stacked else None for lay in found]
+    paths = [e.path for e in m.leaves]
+    if stacked is None or isinstance(stacked, int):
+        return [stacked] * len(paths)
+    if isinstance(stacked, dict):
         return [stacked.get(p) for p in paths]
-    out = _settings.per_path(
-        stacked, paths, list(m.leaves), argument="stacked", is_scalar=scalar, default=None
-    )
-    if out is None:
-        raise TypeError("stacked for bytes must be an int, None, a {path: axis} dict, a "
-                        "callable (path, record) or [(regex, axis), ...] rules")
-    return out
+    if callable(stacked):
+        return [stacked(p, e) for p, e in zip(paths, m.leaves)]
+    rules = jtree.Rules(stacked, "stacked")
+    return [None if (i := rules.find(p)) is None else rules[i][1] for p in paths]
 
 
 def report(
