@@ -11,7 +11,7 @@ from jaxrm.coding._bits import FormatError
 from jaxrm.coding._decode import decode
 from jaxrm.coding._encode import encode
 from jaxrm.coding._files import load, save
-from jaxrm.coding._manifest import DEFAULT_MAX_ELEMENTS, MAGIC, VERSION
+from jaxrm.coding._records import DEFAULT_MAX_ELEMENTS, MAGIC, VERSION
 from jaxrm.coding._report import Report, ReportRow, report
 
 __all__ = [

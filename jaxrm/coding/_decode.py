@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrm.coding import _manifest as mf
+from jaxrm.coding import _records as mf
 from jaxrm.coding import _sparse, _streams
 from jaxrm.coding._bits import FormatError
 from jaxrm.coding._int4 import pack_int4
+from jaxrm.coding._manifest import parse
 from jaxrm.quant._types import Codebook, QArray, is_quantized
 from jaxrm.tree import path_str
 
@@ -279,7 +280,7 @@ def decode(
       TypeError: ``data`` is not bytes.
       ValueError: ``like``'s leaf paths differ from the file's.
     """
-    m = mf.parse(data, max_elements=max_elements)
+    m = parse(data, max_elements=max_elements)
     if not dequantize and not QARRAY_HAS_MASK:
         pruned = [e.path for e in m.leaves if isinstance(e, mf.QArrayLeaf) and e.sparse]
         if pruned:

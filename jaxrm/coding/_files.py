@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from jaxrm.coding import _decode, _encode
-from jaxrm.coding import _manifest as mf
+from jaxrm.coding import _records as mf
 
 try:
     import fcntl

@@ -14,8 +14,9 @@ import numpy as np
 
 from jaxrm import tree as jtree
 from jaxrm.coding import _decode, _encode
-from jaxrm.coding import _manifest as mf
+from jaxrm.coding import _records as mf
 from jaxrm.coding._bits import FormatError, bit_width
+from jaxrm.coding._manifest import parse
 from jaxrm.quant._types import is_quantized
 
 __all__ = ["Report", "ReportRow", "report"]
@@ -235,7 +236,7 @@ def report(
     else:
         tree = tree_or_bytes
         data = _encode.encode(tree, masks=masks, **encode_kwargs)
-    m = mf.parse(data, max_elements=max_elements)
+    m = parse(data, max_elements=max_elements)
     axes = _stacked_axes(stacked, tree, m)
     reader, sizes = _decode.Reader(m), _Sizes(m)
     rows: list[ReportRow] = []
