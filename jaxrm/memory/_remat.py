@@ -286,7 +286,7 @@ def residuals(fn: Callable[..., Any], *args: Any) -> list[Residual]:
       *args: its arguments: arrays or ``jax.ShapeDtypeStruct`` pytrees.
 
     Returns:
-      A list of :class:`Residual`.
+      A list of [`Residual`][jaxrm.memory.Residual].
 
     Raises:
       TypeError: ``fn`` is not callable.
