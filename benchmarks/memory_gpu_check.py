@@ -27,7 +27,7 @@ def layer(x, w):
     return x + jnp.tanh(x @ w[0]) @ w[1]
 
 
-def loss_with(policy, layers=8):
+def loss_with(policy, layers=8, layer=layer):
     step = memory.remat(layer, policy)
 
     def loss(ws, x):
@@ -123,14 +123,7 @@ def offload_names_check(d, h, b=512, layers=8):
         return x + checkpoint_name(jnp.tanh(x @ w[0]), "hidden") @ w[1]
 
     def loss_of(policy):
-        step = memory.remat(tagged, policy)
-
-        def loss(ws, x):
-            for w in ws:
-                x = step(x, w)
-            return jnp.mean(x**2)
-
-        return loss
+        return loss_with(policy, layers, tagged)
 
     rng = np.random.default_rng(1)
     ws = [(jnp.asarray(rng.standard_normal((d, h), np.float32) * 0.02),

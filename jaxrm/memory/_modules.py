@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxrm.memory._remat import _abstract, _signature, named_policy
 from jaxrm.memory._tags import check_regions, check_tags
+from jaxrm.tree import compile_path_regex
 
 __all__ = ["RematLinen", "remat_modules"]
 
@@ -32,19 +33,11 @@ def _compile_rules(rules: Any) -> list[tuple[re.Pattern[str], Any]]:
         if not (isinstance(pair, tuple | list) and len(pair) == 2):
             raise TypeError(f"rules[{i}] must be a (regex, policy) pair, got {pair!r}")
         pattern, pol = pair
-        if not isinstance(pattern, str):
-            raise TypeError(f"rules[{i}]: the pattern must be a string, got {pattern!r}")
         if pol is not None and not (isinstance(pol, str) or callable(pol)):
             raise TypeError(
                 f"rules[{i}]: the policy must be a name, a policy callable or None, got {pol!r}"
             )
-        try:
-            compiled = re.compile(pattern)
-        except re.error as e:
-            raise ValueError(
-                f"rules[{i}]: {pattern!r} is not a valid regular expression: {e}"
-            ) from e
-        out.append((compiled, pol))
+        out.append((compile_path_regex(pattern, f"rules[{i}]"), pol))
     return out
 
 
