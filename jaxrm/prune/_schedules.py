@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxrm.prune import _masks
+from jaxrm import _checks
+from jaxrm.prune import _leaves
 
 __all__ = ["Schedule", "constant", "iterative", "one_shot", "polynomial"]
 
@@ -23,15 +24,11 @@ Schedule = Callable[[int | jax.Array], jax.Array]
 
 
 def _step_arg(value, argument: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{argument} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{argument} must be >= {minimum}, got {value}")
-    return int(value)
+    return _checks.integer(value, argument, minimum=minimum)
 
 
 def _sparsity_arg(value, argument: str) -> float:
-    return float(_masks.check_sparsity(value, argument))
+    return float(_leaves.check_sparsity(value, argument))
 
 
 def constant(sparsity: float) -> Schedule:
