@@ -91,7 +91,8 @@ def compute(p: Plan, sparsities: list, scope: str, *, host: bool = True) -> list
         scope = "layer"  # N:M picks within groups: there is nothing global to rank
         sparsities = [sparsities[0]] * len(p.picked)
     ks = _counts(p, sparsities, scope)
-    if _eager_numpy(p, host) and not any(_leaves.is_traced(k) for k in np.atleast_1d(ks)):
+    ks_list = [ks] if scope == "global" else ks
+    if _eager_numpy(p, host) and not any(_leaves.is_traced(k) for k in ks_list):
         # Eager on CPU: the numpy selection on views, no compilation.
         leaves = [np.asarray(x) for x in p.leaves]
         out = _compute(leaves, ks, p.layouts, p.patterns, scope, True)
