@@ -77,28 +77,28 @@ def _compute(leaves, ks, layouts, patterns, scope, host):
     return out
 
 
-def _eager_numpy(p: Plan, host: bool) -> bool:
-    return host and all(pat is None for pat in p.patterns) and _select._concrete_on_cpu(p.leaves)
-
-
-def compute(p: Plan, sparsities: list, scope: str, *, host: bool = True) -> list:
+def compute(
+    p: Plan, sparsities: list, scope: str, *, host: bool = True, leaves: list | None = None
+) -> list:
     """The picked leaves' masks (sparsities already checked).
 
     N:M leaves are ranked within their groups, so ``scope="global"`` ranks
-    only the other leaves together.
+    only the other leaves together. ``leaves`` replaces the plan's score
+    leaves (same shapes).
     """
+    leaves = p.leaves if leaves is None else list(leaves)
     if scope == "global" and any(isinstance(pat, _patterns.NM) for pat in p.patterns):
         scope = "layer"  # N:M picks within groups: there is nothing global to rank
         sparsities = [sparsities[0]] * len(p.picked)
     ks = _counts(p, sparsities, scope)
     ks_list = [ks] if scope == "global" else ks
-    if _eager_numpy(p, host) and not any(_leaves.is_traced(k) for k in ks_list):
+    eager = host and all(pat is None for pat in p.patterns) and _select._concrete_on_cpu(leaves)
+    if eager and not any(_leaves.is_traced(k) for k in ks_list):
         # Eager on CPU: the numpy selection on views, no compilation.
-        leaves = [np.asarray(x) for x in p.leaves]
-        out = _compute(leaves, ks, p.layouts, p.patterns, scope, True)
+        out = _compute([np.asarray(x) for x in leaves], ks, p.layouts, p.patterns, scope, True)
         return [jnp.asarray(m) for m in out]
     ks_arg = jnp.asarray(ks, jnp.int32) if scope == "global" else [jnp.asarray(k) for k in ks]
-    return _compute_jit(tuple(p.leaves), ks_arg, p.layouts, p.patterns, scope, host)
+    return _compute_jit(tuple(leaves), ks_arg, p.layouts, p.patterns, scope, host)
 
 
 def _check_nonnegative(p: Plan) -> None:

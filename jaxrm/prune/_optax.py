@@ -11,7 +11,7 @@ import optax
 
 from jaxrm import _checks
 from jaxrm import tree as jtree
-from jaxrm.prune import _leaves, _masks, _scores
+from jaxrm.prune import _leaves, _masks, _patterns, _scores
 from jaxrm.tree import aligned
 
 __all__ = ["SparsifyState", "masks_of", "sparsify"]
@@ -170,7 +170,21 @@ def sparsify(
             # The radix selection runs inside the compiled step on every backend: a
             # host callback inside a training step was measured several times slower
             # on CPU than the same callback on its own.
-            fresh = _masks.compute(p, wanted, scope, host=False)
+            leaves = p.leaves
+            if score != "random":
+                # Entries pruned now rank below every kept one, so a tie at score 0 (a
+                # kept weight whose gradient is 0, against a pruned weight) never
+                # revives a pruned weight; with a falling schedule the revived ones
+                # are the lowest-index pruned entries.
+                # (Channels and blocks rank squared norms, where a pruned entry's 0 is
+                # already the lowest.)
+                prev = [m for m in m_leaves if m is not None]
+                leaves = [
+                    x if isinstance(pat, _patterns.Channels | _patterns.Blocks)
+                    else jnp.where(m, x, -jnp.ones((), x.dtype))
+                    for m, x, pat in zip(prev, leaves, p.patterns)
+                ]
+            fresh = _masks.compute(p, wanted, scope, host=False, leaves=leaves)
             by_index = dict(zip(p.picked, fresh))
             return [by_index.get(i) if m is not None else None for i, m in enumerate(m_leaves)]
 

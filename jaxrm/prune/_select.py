@@ -172,17 +172,23 @@ def _select_host_one(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
     return out
 
 
+def _host_array(x) -> np.ndarray:
+    """float64 stays float64 (ranked exactly); everything else is ranked as float32."""
+    x = np.asarray(x)
+    return x if x.dtype == np.float64 else x.astype(np.float32, copy=False)
+
+
 def _host_rows(rows, ks) -> list[np.ndarray]:
     out = []
     for r, k in zip(rows, ks):
-        r = np.asarray(r, np.float32)
+        r = _host_array(r)
         k = np.asarray(k).reshape(-1)
         out.append(np.stack([_select_host_one([row], int(kk))[0] for row, kk in zip(r, k)]))
     return out
 
 
 def _host_global(units, k) -> list[np.ndarray]:
-    arrays = [np.asarray(u, np.float32).reshape(-1) for u in units]
+    arrays = [_host_array(u).reshape(-1) for u in units]
     flags = _select_host_one(arrays, int(np.asarray(k).reshape(-1)[0]))
     return [f.reshape(np.shape(u)) for f, u in zip(flags, units)]
 
