@@ -8,8 +8,6 @@ made, so a bad schedule fails before training starts.
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import jax
@@ -113,10 +111,7 @@ def polynomial(
     if end < begin:
         raise ValueError(f"end must be >= begin={begin}, got end={end}")
     every = _step_arg(every, "every", minimum=1)
-    if isinstance(power, bool) or not isinstance(power, numbers.Real):
-        raise TypeError(f"power must be a float, got {type(power).__name__}")
-    if not (math.isfinite(power) and power > 0):
-        raise ValueError(f"power must be a finite float > 0, got {power}")
+    power = _checks.real(power, "power", above=0)
     span = max(end - begin, 1)
 
     def schedule(step):
