@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -134,7 +135,8 @@ def sparsify(
     if every is not None:
         every = _checks.positive_int(every, "every")
     key = jax.random.key(0) if key is None else key
-    scores_of = _score_fn(score, key)
+    cfg = _Config(schedule, _score_fn(score, key), score != "random", scope, where, pattern,
+                  stacked, every)
     inner = optax.with_extra_args_support(optimizer)
 
     def init(params):
@@ -152,66 +154,81 @@ def sparsify(
             raise ValueError(
                 "sparsify needs the parameters: call update(updates, state, params)"
             )
-        fl = jtree.flatten(params)
-        m_leaves = aligned(params, state.masks, "state.masks")
-        t_leaves = aligned(params, state.targets, "state.targets", shapes=False)
-        count = state.count
-        level = jnp.asarray(schedule(count), jnp.float32)
-        before = jnp.asarray(schedule(jnp.maximum(count - 1, 0)), jnp.float32)
-        refresh = (count == 0) | (level != before)
-        if every is not None:
-            refresh = refresh | (count % every == 0)
-        wanted = [level * t for t, m in zip(t_leaves, m_leaves) if m is not None]
-        bad = jnp.any(jnp.stack([~((s >= 0) & (s < 1)) for s in wanted])) if wanted else False
-
-        def recompute():
-            scores = scores_of(params, updates, count)
-            p = _leaves.plan(scores, where, pattern=pattern, stacked=stacked)
-            # The radix selection runs inside the compiled step on every backend: a
-            # host callback inside a training step was measured several times slower
-            # on CPU than the same callback on its own.
-            leaves = p.leaves
-            if score != "random":
-                # Entries pruned now rank below every kept one, so a tie at score 0 (a
-                # kept weight whose gradient is 0, against a pruned weight) never
-                # revives a pruned weight; with a falling schedule the revived ones
-                # are the lowest-index pruned entries.
-                # (Channels and blocks rank squared norms, where a pruned entry's 0 is
-                # already the lowest.)
-                prev = [m for m in m_leaves if m is not None]
-                leaves = [
-                    x if isinstance(pat, _patterns.Channels | _patterns.Blocks)
-                    else jnp.where(m, x, -jnp.ones((), x.dtype))
-                    for m, x, pat in zip(prev, leaves, p.patterns)
-                ]
-            fresh = _masks.compute(p, wanted, scope, host=False, leaves=leaves)
-            by_index = dict(zip(p.picked, fresh))
-            return [by_index.get(i) if m is not None else None for i, m in enumerate(m_leaves)]
-
-        # The masks are settled before the inner update, so on ordinary steps
-        # the masking below fuses with the optimizer's own elementwise math.
-        m_leaves = jax.lax.cond(refresh, recompute, lambda: list(m_leaves))
-        u_leaves, treedef = jax.tree_util.tree_flatten(updates)
-        masked = [g if m is None else jnp.where(m, g, jnp.zeros_like(g))
-                  for m, g in zip(m_leaves, u_leaves)]
-        inner_updates, inner_state = inner.update(
-            treedef.unflatten(masked), state.inner_state, params, **extra_args
-        )
-        # p + (-p) is exactly 0, so apply_updates zeroes every pruned entry.
-        i_leaves = jax.tree_util.tree_leaves(inner_updates)
-        final = [u if m is None else jnp.where(m, u, (-x).astype(u.dtype))
-                 for m, u, x in zip(m_leaves, i_leaves, fl.leaves)]
-        masks = jax.tree_util.tree_unflatten(
-            jax.tree_util.tree_structure(state.masks, is_leaf=lambda x: x is None), m_leaves
-        )
-        clamped = jnp.asarray(state.clamped if state.clamped is not None else False) | (
-            refresh & bad
-        )
-        return treedef.unflatten(final), SparsifyState(
-            optax.safe_int32_increment(count), masks, inner_state, state.targets, clamped
-        )
+        return _update(cfg, inner, updates, state, params, extra_args)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    schedule: Callable[[Any], Any]
+    scores_of: Callable[[Any, Any, Any], Any]
+    keep_pruned_low: bool  # pruned entries rank below kept ones (all scores but random)
+    scope: str
+    where: Any
+    pattern: Any
+    stacked: Any
+    every: int | None
+
+
+def _fresh_masks(cfg: _Config, params, grads, count, old: list, wanted: list) -> list:
+    """New masks, one entry per leaf of ``params`` (``None`` where not pruned)."""
+    p = _leaves.plan(cfg.scores_of(params, grads, count), cfg.where, pattern=cfg.pattern,
+                     stacked=cfg.stacked)
+    leaves = p.leaves
+    if cfg.keep_pruned_low:
+        # Entries pruned now rank below every kept one, so a tie at score 0 (a kept
+        # weight whose gradient is 0, against a pruned weight) never revives a pruned
+        # weight; with a falling schedule the revived ones are the lowest-index pruned
+        # entries. (Channels and blocks rank squared norms, where a pruned entry's 0
+        # is already the lowest.)
+        prev = [m for m in old if m is not None]
+        leaves = [
+            x if isinstance(pat, _patterns.Channels | _patterns.Blocks)
+            else jnp.where(m, x, -jnp.ones((), x.dtype))
+            for m, x, pat in zip(prev, leaves, p.patterns)
+        ]
+    # The radix selection runs inside the compiled step on every backend: a host
+    # callback inside a training step was measured several times slower on CPU than
+    # the same callback on its own.
+    by_index = dict(zip(p.picked, _masks.compute(p, wanted, cfg.scope, host=False,
+                                                 leaves=leaves)))
+    return [by_index.get(i) if m is not None else None for i, m in enumerate(old)]
+
+
+def _update(cfg: _Config, inner, updates, state: SparsifyState, params, extra_args):
+    fl = jtree.flatten(params)
+    old = aligned(params, state.masks, "state.masks")  # the one path match per step
+    structure = jax.tree_util.tree_structure(state.masks, is_leaf=lambda x: x is None)
+    targets = structure.flatten_up_to(state.targets)
+    count = state.count
+    level = jnp.asarray(cfg.schedule(count), jnp.float32)
+    before = jnp.asarray(cfg.schedule(jnp.maximum(count - 1, 0)), jnp.float32)
+    refresh = (count == 0) | (level != before)
+    if cfg.every is not None:
+        refresh = refresh | (count % cfg.every == 0)
+    wanted = [level * t for t, m in zip(targets, old) if m is not None]
+    bad = jnp.any(jnp.stack([~((s >= 0) & (s < 1)) for s in wanted])) if wanted else False
+
+    # The masks are settled before the inner update, so on ordinary steps the
+    # masking below fuses with the optimizer's own elementwise math.
+    m_leaves = jax.lax.cond(
+        refresh, lambda: _fresh_masks(cfg, params, updates, count, old, wanted), lambda: old
+    )
+    u_leaves, treedef = jax.tree_util.tree_flatten(updates)
+    masked = [g if m is None else jnp.where(m, g, jnp.zeros_like(g))
+              for m, g in zip(m_leaves, u_leaves)]
+    inner_updates, inner_state = inner.update(
+        treedef.unflatten(masked), state.inner_state, params, **extra_args
+    )
+    # p + (-p) is exactly 0, so apply_updates zeroes every pruned entry.
+    final = [u if m is None else jnp.where(m, u, (-x).astype(u.dtype))
+             for m, u, x in zip(m_leaves, jax.tree_util.tree_leaves(inner_updates), fl.leaves)]
+    clamped = jnp.asarray(False if state.clamped is None else state.clamped) | (refresh & bad)
+    return treedef.unflatten(final), SparsifyState(
+        optax.safe_int32_increment(count), structure.unflatten(m_leaves), inner_state,
+        state.targets, clamped,
+    )
 
 
 def masks_of(opt_state: Any) -> Any:
