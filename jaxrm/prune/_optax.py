@@ -232,13 +232,13 @@ def _update(cfg: _Config, inner, updates, state: SparsifyState, params, extra_ar
 
 
 def masks_of(opt_state: Any) -> Any:
-    """Returns the masks of the :func:`sparsify` state inside ``opt_state``.
+    """Returns the masks of the [`sparsify`][jaxrm.prune.sparsify] state inside ``opt_state``.
 
     The state may be nested (``optax.chain``, ``optax.inject_hyperparams``, a
     Flax ``nnx.Optimizer``'s ``opt_state``, or the optimizer itself).
 
     Args:
-      opt_state: an optimizer state holding one :class:`SparsifyState`, or an
+      opt_state: an optimizer state holding one [`SparsifyState`][jaxrm.prune.SparsifyState], or an
         object with an ``opt_state`` attribute (e.g. ``nnx.Optimizer``).
 
     Returns:
@@ -246,7 +246,7 @@ def masks_of(opt_state: Any) -> Any:
       variable wrappers removed.
 
     Raises:
-      ValueError: no, or more than one, :class:`SparsifyState` is found.
+      ValueError: no, or more than one, [`SparsifyState`][jaxrm.prune.SparsifyState] is found.
     """
     if not isinstance(opt_state, SparsifyState) and hasattr(opt_state, "opt_state"):
         opt_state = opt_state.opt_state

@@ -224,12 +224,19 @@ def in_slice(pattern: Pattern | None, layout: Layout, path: str) -> Pattern | No
     return pattern
 
 
+def _slice_axes(pattern: Channels) -> tuple[int, ...]:
+    """The channel axes of a pattern already in slice coordinates (see ``in_slice``)."""
+    if not isinstance(pattern.axis, tuple):
+        raise TypeError("channels need the pattern in slice coordinates (see in_slice)")
+    return pattern.axis
+
+
 def unit_count(pattern: Pattern | None, shape: tuple[int, ...]) -> int:
     """The number of units one slice of ``shape`` is ranked in (pattern in slice coordinates)."""
     if pattern is None or isinstance(pattern, NM):
         return math.prod(shape)
     if isinstance(pattern, Channels):
-        return math.prod(shape[a] for a in pattern.axis)
+        return math.prod(shape[a] for a in _slice_axes(pattern))
     b = pattern.shape
     lead = shape[: len(shape) - len(b)]
     return math.prod(lead) * math.prod(d // e for d, e in zip(shape[len(shape) - len(b):], b))
@@ -242,7 +249,7 @@ def unit_scores(pattern: Pattern | None, x: jax.Array) -> jax.Array:
         return x.reshape(s, -1)
     x = x.astype(jnp.float32)
     if isinstance(pattern, Channels):
-        keep = tuple(a + 1 for a in pattern.axis)
+        keep = tuple(a + 1 for a in _slice_axes(pattern))
         others = tuple(a for a in range(1, x.ndim) if a not in keep)
         # The squared norm ranks like the norm, without sqrt's rounding merging values.
         return jnp.sum(jnp.square(x), axis=others).reshape(s, -1)
@@ -263,7 +270,7 @@ def expand(pattern: Pattern | None, keep: jax.Array, shape: tuple[int, ...]) -> 
     if pattern is None:
         return keep.reshape(shape)
     if isinstance(pattern, Channels):
-        axes = tuple(a + 1 for a in pattern.axis)
+        axes = tuple(a + 1 for a in _slice_axes(pattern))
         view = [shape[0]] + [shape[a] if a in axes else 1 for a in range(1, len(shape))]
         return jnp.broadcast_to(keep.reshape(view), shape)
     if isinstance(pattern, Blocks):
@@ -285,6 +292,8 @@ def nm_mask(pattern: NM, x: jax.Array) -> jax.Array:
 
     Ties break towards the lower index within the group.
     """
+    if pattern.axis is None:
+        raise TypeError("nm_mask needs the pattern in slice coordinates (see in_slice)")
     axis = pattern.axis + 1
     m, n = pattern.m, pattern.n
     y = jnp.moveaxis(x.astype(jnp.float32), axis, -1)

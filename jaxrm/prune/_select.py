@@ -2,7 +2,7 @@
 
 Two selections give the same masks:
 
-* On the device (any backend, and inside :func:`jaxrm.prune.sparsify`): a
+* On the device (any backend, and inside [jaxrm.prune.sparsify][]): a
   radix selection on the bits of the float32 scores. The bits are mapped to
   ``uint32`` keys that order like the floats; a histogram of the high 16 bits
   finds the bucket that holds the k-th key, and a histogram of the low 16 bits
@@ -106,7 +106,7 @@ def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
 
 
 def _select_host_one(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
-    """The numpy twin of :func:`_select` on float32 arrays: same result, fewer passes.
+    """The numpy twin of ``_select`` on float32 arrays: same result, fewer passes.
 
     A strided sample brackets the k-th highest score between two sample values;
     one pass counts the scores above the bracket and gathers those inside it
