@@ -27,7 +27,9 @@ import numpy as np
 
 from jaxrm.coding._bits import ByteReader, FormatError, pack_fixed, unpack_fixed
 
-__all__ = ["MAX_STEPS", "PRECISION", "decode", "encode", "quantize"]
+__all__ = [
+    "MAX_STEPS", "PRECISION", "check_layout", "decode", "encode", "lane_layout", "quantize",
+]
 
 PRECISION = 16
 _M = 1 << PRECISION
@@ -61,6 +63,36 @@ def _entropy_bits(counts: np.ndarray) -> float:
     return float(-(c * np.log2(c / n)).sum()) if n else 0.0
 
 
+def lane_layout(n: int, info_bits: float) -> tuple[int, int]:
+    """Lanes and steps for ``n`` symbols carrying ``info_bits`` of information.
+
+    The lane count is normalised to ``ceil(n / steps)``, the fewest lanes that
+    still take only ``steps`` steps (as the Huffman coder does), so the layout
+    is canonical for ``n``.
+    """
+    if n == 0:
+        return 1, 0
+    lanes = min(max(1, -(-n // MAX_STEPS), int(_LANE_BUDGET * info_bits / 32)), n)
+    steps = -(-n // lanes)
+    return -(-n // steps), steps
+
+
+def check_layout(count: int, lanes: int) -> int:
+    """Steps of a stream of ``count`` symbols over ``lanes`` lanes; raises if unreadable.
+
+    Any ``1 <= lanes <= count`` whose step count stays within ``MAX_STEPS`` is a
+    valid layout: symbol ``i`` sits at step ``i // lanes``, lane ``i % lanes``,
+    and the last step holds the remaining ``count - (steps - 1) * lanes`` lanes.
+    Files written before the lane count was normalised use such layouts.
+    """
+    if lanes < 1 or lanes > max(count, 1):
+        raise FormatError("bad rANS header")
+    steps = -(-count // lanes)
+    if steps > MAX_STEPS:
+        raise FormatError("rANS lanes do not split the symbol count")
+    return steps
+
+
 def encode(sym: np.ndarray, alphabet: int, width: int) -> bytes:
     """rANS-codes ``sym`` (integers in ``[0, alphabet)``) into a section."""
     sym = np.asarray(sym, np.int64).reshape(-1)
@@ -68,10 +100,16 @@ def encode(sym: np.ndarray, alphabet: int, width: int) -> bytes:
     counts = np.bincount(sym, minlength=alphabet)
     if len(np.flatnonzero(counts)) > _M // 2:
         raise ValueError("too many distinct symbols for rANS")
-    info = _entropy_bits(counts)
-    lanes = max(1, -(-n // MAX_STEPS), int(_LANE_BUDGET * info / 32)) if n else 1
-    lanes = min(lanes, max(n, 1))
-    steps = -(-n // lanes)
+    lanes, _ = lane_layout(n, _entropy_bits(counts))
+    return encode_lanes(sym, alphabet, width, lanes)
+
+
+def encode_lanes(sym: np.ndarray, alphabet: int, width: int, lanes: int) -> bytes:
+    """:func:`encode` over a given number of lanes (any layout :func:`check_layout` reads)."""
+    sym = np.asarray(sym, np.int64).reshape(-1)
+    n = len(sym)
+    counts = np.bincount(sym, minlength=alphabet)
+    steps = check_layout(n, lanes)
     freq = quantize(counts) if n else np.zeros(alphabet, np.int64)
     cum = np.concatenate([[0], np.cumsum(freq)[:-1]]).astype(np.uint64)
     padded = np.zeros(steps * lanes, np.int64)
@@ -124,6 +162,7 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     m = r.uint(4)
     if lanes < 1 or lanes > max(count, 1) or m > alphabet:
         raise FormatError("bad rANS header")
+    steps = check_layout(count, lanes)
     freq = np.zeros(alphabet, np.int64)
     if mode == 0:
         freq[:m] = np.frombuffer(r.take(2 * m), "<u2")
@@ -146,9 +185,6 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
         return np.zeros(0, np.uint32)
     if int(freq.sum()) != _M:
         raise FormatError("rANS frequencies do not sum to 2**16")
-    steps = -(-count // lanes)
-    if steps > MAX_STEPS or -(-count // steps) != lanes:
-        raise FormatError("rANS lanes do not split the symbol count")
     if np.any(state < _L):
         raise FormatError("rANS state below its lower bound")
     used = np.flatnonzero(freq)
