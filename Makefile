@@ -40,7 +40,7 @@ lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.bench
-	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f; done
+	@set -e; for f in benchmarks/[!_]*.py; do echo "== $$f"; $(PY) $$f; done
 
 docs: $(VENV)/.docs
 	$(VENV)/bin/mkdocs build --strict

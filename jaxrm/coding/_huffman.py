@@ -136,7 +136,10 @@ def _or_codes(words, sym, ln, ends, aligned) -> None:
     word = starts >> 6
     # codes are at most MAX_LEN < 64 bits long, so a code starts in every word
     # of a piece but perhaps the last, which may hold only a spilled tail
-    group = np.flatnonzero(np.diff(word, prepend=-1))
+    first = np.empty(len(word), bool)
+    first[0] = True
+    np.not_equal(word[1:], word[:-1], out=first[1:])
+    group = np.flatnonzero(first)
     words[word[group]] |= np.bitwise_or.reduceat(v >> offset, group)
     spill = np.flatnonzero(offset + ln.astype(np.uint64) > 64)
     if len(spill):
@@ -214,7 +217,8 @@ def encode(
             full = ends[k - 1 :: k]  # the last lane's end is not stored
             lane_ends[s // k : s // k + len(full)] = full
             bit = int(ends[-1])
-    lane_bits = np.diff(lane_ends[: lanes - 1], prepend=0)
+    lane_bits = lane_ends[: lanes - 1].copy()
+    lane_bits[1:] -= lane_ends[: lanes - 2]
     base = int(lane_bits.min()) if len(lane_bits) else 0
     ow = bit_width(int(lane_bits.max()) - base) if len(lane_bits) else 0
     head = (
