@@ -32,17 +32,8 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
-from jaxrm.coding import _ans_lanes
-from jaxrm.coding._bits import (
-    ByteReader,
-    FormatError,
-    bit_width,
-    chunks,
-    histogram,
-    pack_fixed,
-    unpack_fixed,
-    varint,
-)
+from jaxrm.coding import _ans_lanes, _bits
+from jaxrm.coding._bits import ByteReader, FormatError, bit_width, pack_fixed, unpack_fixed
 from jaxrm.coding._freq import quantize
 
 __all__ = ["MAX_SYMBOLS", "PRECISION", "decode", "encode", "precision_for"]
@@ -71,8 +62,8 @@ def _symbol_table(used: np.ndarray, width: int) -> bytes:
     if a <= len(used) * width:
         bitmap = np.zeros(a, np.uint8)
         bitmap[used] = 1
-        return b"\x00" + varint(a) + np.packbits(bitmap).tobytes()
-    return b"\x01" + varint(len(used)) + pack_fixed(used, width)
+        return b"\x00" + _bits.varint(a) + np.packbits(bitmap).tobytes()
+    return b"\x01" + _bits.varint(len(used)) + pack_fixed(used, width)
 
 
 def encode(
@@ -95,15 +86,15 @@ def encode(
     sym = np.asarray(sym).reshape(-1)
     n = len(sym)
     if counts is None:
-        counts = histogram(sym, alphabet)
+        counts = _bits.histogram(sym, alphabet)
     used = np.flatnonzero(counts)
     m = len(used)
     if m > MAX_SYMBOLS:
         raise ValueError(f"{m} distinct symbols exceed the rANS limit of {MAX_SYMBOLS}")
     if m == 0:
-        return _MARK + b"\x01" + varint(0)
+        return _MARK + b"\x01" + _bits.varint(0)
     if m == 1:
-        return _MARK + b"\x02" + varint(1) + pack_fixed(used, width)
+        return _MARK + b"\x02" + _bits.varint(1) + pack_fixed(used, width)
     p = precision_for(n, m)
     freq = quantize(counts[used], p)
     w = bit_width(int(freq.max()) - 1)
@@ -118,7 +109,7 @@ def encode(
     rank = np.zeros(alphabet, np.int32)
     rank[used] = np.arange(m, dtype=np.int32)
     coder = constriction.stream.stack.AnsCoder()
-    for s, e in reversed(list(chunks(n))):
+    for s, e in reversed(list(_bits.chunks(n))):
         piece = sym[s:e].astype(np.int32) if dense else rank[sym[s:e]]
         coder.encode_reverse(piece, model)
     words = coder.get_compressed()
@@ -180,7 +171,7 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     model = _model(freq, p)
     out = np.empty(count, np.uint32)
     table = used.astype(np.uint32)
-    for s, e in chunks(count):
+    for s, e in _bits.chunks(count):
         np.take(table, coder.decode(model, e - s), out=out[s:e], mode="clip")  # ranks < m
     if not coder.is_empty():
         raise FormatError("rANS stream does not end in its initial state")
