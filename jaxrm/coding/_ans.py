@@ -134,7 +134,7 @@ def _read_symbols(r: ByteReader, mode: int, alphabet: int, width: int) -> np.nda
 
 
 def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> np.ndarray:
-    """Decodes ``count`` symbols from a section made by :func:`encode`.
+    """Decodes ``count`` symbols from a section made by [`encode`][jaxrm.coding.encode].
 
     Sections of the earlier lane layout (``_ans_lanes``) are read too.
 

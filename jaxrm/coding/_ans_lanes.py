@@ -1,7 +1,7 @@
 """The first rANS layout: interleaved lanes, vectorised over lanes with numpy.
 
 Files written before the coder moved to ``constriction`` (see ``_ans``) hold
-this layout; :func:`decode` reads them. :func:`encode_lanes` writes it, for the
+this layout; `decode` reads them. `encode_lanes` writes it, for the
 tests of that reader.
 
 Symbol ``i`` belongs to step ``i // P`` and lane ``i % P``; all ``P`` lanes
@@ -79,7 +79,7 @@ def encode(sym: np.ndarray, alphabet: int, width: int) -> bytes:
 
 
 def encode_lanes(sym: np.ndarray, alphabet: int, width: int, lanes: int) -> bytes:
-    """:func:`encode` over a given number of lanes (any layout :func:`check_layout` reads)."""
+    """`encode` over a given number of lanes (any layout `check_layout` reads)."""
     sym = np.asarray(sym, np.int64).reshape(-1)
     n = len(sym)
     counts = np.bincount(sym, minlength=alphabet)
@@ -129,7 +129,7 @@ def encode_lanes(sym: np.ndarray, alphabet: int, width: int, lanes: int) -> byte
 
 
 def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> np.ndarray:
-    """Decodes ``count`` symbols from a section made by :func:`encode`."""
+    """Decodes ``count`` symbols from a section made by [`encode`][jaxrm.coding.encode]."""
     r = ByteReader(data)
     lanes = r.uint(4)
     mode = r.uint(1)
