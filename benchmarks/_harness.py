@@ -1,17 +1,17 @@
 """The timing harness every benchmark shares (not a benchmark itself).
 
-* **Interleaved rounds.** :func:`rounds` times every contender once per round,
+* **Interleaved rounds.** `rounds` times every contender once per round,
   in turn, for several rounds in one process, so a change of machine load
   hits them all alike; each is warmed up (compiled) first.
 * **Min and median.** Each contender's times are kept; tables print the
   minimum (the least disturbed run) and the median (the typical one).
-* **One memory pass.** :func:`memcpy` is ``np.copyto`` of the same bytes into
+* **One memory pass.** `memcpy` is ``np.copyto`` of the same bytes into
   a preallocated buffer: the cost of touching the data once, the yardstick
   for "how many memory passes" a method costs (steadier under load than an
   arithmetic pass such as ``np.abs``).
-* **Conditions.** :func:`conditions` prints ``os.getloadavg()`` and the CPU
+* **Conditions.** `conditions` prints ``os.getloadavg()`` and the CPU
   count; tables print the load average again at their end.
-* **Peak memory.** :func:`peak_extra_rss` is the peak resident memory an
+* **Peak memory.** `peak_extra_rss` is the peak resident memory an
   operation adds to its process (Linux: resets the high-water mark through
   ``/proc/self/clear_refs`` and reads ``VmHWM``); run it in a fresh process
   so earlier allocations do not blur it.
@@ -55,7 +55,7 @@ def rounds(contenders: dict, n: int = 5, warmup: bool = True) -> dict[str, list[
 
     Args:
       contenders: name -> a callable (timed whole, its result blocked on) or a
-        :class:`Setup`.
+        `Setup`.
       n: rounds.
       warmup: run each once, untimed, first (compilation, caches).
 
@@ -101,7 +101,7 @@ def table(times: dict[str, list[float]], reference: str, notes: dict | None = No
     """Min and median of each contender and their ratios to ``reference``'s.
 
     Args:
-      times: as returned by :func:`rounds`.
+      times: as returned by `rounds`.
       reference: the contender the ratio columns divide by.
       notes: name -> a short note printed last.
       unit: seconds per printed unit (``1e-3``: milliseconds).
