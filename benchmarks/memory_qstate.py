@@ -16,15 +16,13 @@ time of one memcpy of the model's parameters and the machine's load average.
 
 import argparse
 import glob
-import os
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _harness import conditions, load, memcpy, rounds, table
 from flax import linen as nn
 
 from jaxrm import memory
@@ -143,26 +141,16 @@ def train(loss, params, tx, batches, eval_fn):
     return float(value), float(eval_fn(params)), state
 
 
-def time_steps(loss, params, txs, batch, rounds):
+def time_steps(loss, params, txs, batch, n_rounds):
     steps = {name: make_step(loss, tx) for name, tx in txs.items()}
     states = {name: tx.init(params) for name, tx in txs.items()}
-    for name in steps:
-        jax.block_until_ready(steps[name](params, states[name], batch))
-    flat = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(params)])
-    out = np.empty_like(flat)
-    times = {name: [] for name in [*steps, "memcpy"]}
-    for _ in range(rounds):  # interleaved: every contender once per round
-        for name in steps:
-            t = time.perf_counter()
-            jax.block_until_ready(steps[name](params, states[name], batch))
-            times[name].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        np.copyto(out, flat)
-        times["memcpy"].append(time.perf_counter() - t)
-    return times
+    contenders = {name: (lambda f=f, s=states[name]: f(params, s, batch))
+                  for name, f in steps.items()}
+    contenders["memcpy"] = memcpy(jax.tree.leaves(params))
+    return rounds(contenders, n_rounds)
 
 
-def report(title, loss, init, txs, runs, batch, rounds):
+def report(title, loss, init, txs, runs, batch, n_rounds):
     print(f"\n== {title}")
     params = init(0)
     float_bytes = nbytes(txs["adam"].init(params))
@@ -178,12 +166,9 @@ def report(title, loss, init, txs, runs, batch, rounds):
         print(f"  {name:<11} final train loss {tr.mean():.4f} +- {tr.std():.4f}   "
               f"validation {va.mean():.4f} +- {va.std():.4f}   (seeds: "
               + ", ".join(f"{v:.4f}" for v in va) + ")")
-    times = time_steps(loss, params, txs, batch, rounds)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for name, ts in times.items():
-        print(f"  step {name:<11} min {min(ts) * 1e3:8.3f} ms  median {med[name] * 1e3:8.3f} ms")
-    print(f"  8-bit / float step time: min {min(times['adam 8-bit']) / min(times['adam']):.3f}, "
-          f"median {med['adam 8-bit'] / med['adam']:.3f} (target <= 1.15)")
+    times = time_steps(loss, params, txs, batch, n_rounds)
+    table(times, "adam", notes={"adam 8-bit": "target <= 1.15 x adam",
+                                "memcpy": "one pass over the parameters"})
 
 
 def main():
@@ -192,7 +177,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args()
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, load {os.getloadavg()}")
+    conditions("8-bit optimizer state against float Adam")
 
     seq, batch = 64, 32
     train_ids, val_ids, vocab = text_data(seq)
@@ -216,7 +201,7 @@ def main():
     report("LeNet-300-100 (digits at 28x28)", closs,
            lambda s: net.init(jax.random.key(s), jnp.zeros((1, 784))),
            optimizers(1e-3), runs, runs[0][0][0], args.rounds)
-    print(f"\nload {os.getloadavg()}")
+    print(f"\n{load()}")
 
 
 if __name__ == "__main__":
