@@ -83,11 +83,13 @@ class Reader:
             return Parts(pos, values)
         sym = self.symbols(leaf.values, f"{what} values")
         if leaf.filler is not None:
+            if sp is None or pos is None:  # the parser refuses this; said for the type checker
+                raise FormatError(f"{what}: a filler symbol without relative indices")
             real = sym != leaf.filler
             if np.any(~real & (codes != (1 << sp.index_bits) - 1)):
                 raise FormatError(f"{what}: a filler symbol stands at a kept entry's index")
             pos, sym = pos[real], sym[real]
-        if pos is not None and len(pos) != sp.kept:
+        if sp is not None and pos is not None and len(pos) != sp.kept:
             raise FormatError(f"{what}: kept count disagrees with the entries")
         return Parts(pos, sym)
 
