@@ -45,3 +45,9 @@ __all__ = [
     "threshold",
     "uniform",
 ]
+
+from jaxrm.prune._group_scores import group_keep, group_scores
+from jaxrm.prune._groups import Group, groups
+from jaxrm.prune._shrink import Shrunk, group_masks, shrink
+
+__all__ += ["Group", "Shrunk", "group_keep", "group_masks", "group_scores", "groups", "shrink"]

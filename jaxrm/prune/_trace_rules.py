@@ -1,0 +1,412 @@
+"""How each jaxpr primitive couples the axes of its operands and results.
+
+:class:`Walker` visits a jaxpr equation by equation, giving every axis of
+every value a node of a :class:`~jaxrm.prune._coupling.Coupling` and joining
+the nodes each primitive ties together. Calls (``jit``, ``custom_jvp_call``,
+``checkpoint``, ...), ``cond`` and ``scan`` are walked into; a scan over
+stacked parameters registers each parameter slice as its own layer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+from jax.extend import core as jcore
+
+from jaxrm.prune._coupling import Coupling, _refine
+
+__all__ = ["Walker"]
+
+_ELEMENTWISE = frozenset(
+    """abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp
+    conj convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc
+    exp exp2 expm1 floor ge gt imag integer_pow is_finite le lgamma log log1p
+    logistic lt max min mul ne neg nextafter not or pow real reduce_precision rem
+    round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan tanh xor
+    sharding_constraint mesh_cast""".split()
+)
+_REDUCE = frozenset(
+    "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor "
+    "argmax argmin".split()
+)
+_CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
+
+
+def _where(eqn) -> str:
+    try:
+        from jax._src import source_info_util
+
+        return " at " + source_info_util.summarize(eqn.source_info)
+    except Exception:  # the location is a courtesy; never fail for it
+        return ""
+
+
+def _op(eqn) -> str:
+    ins = ", ".join(str(getattr(v, "aval", "?").str_short()) for v in eqn.invars
+                    if hasattr(getattr(v, "aval", None), "str_short"))
+    outs = ", ".join(v.aval.str_short() for v in eqn.outvars)
+    return f"`{eqn.primitive.name}` ({ins} -> {outs}){_where(eqn)}"
+
+
+def _shape(v) -> tuple[int, ...]:
+    return tuple(int(d) for d in getattr(v.aval, "shape", ()))
+
+
+def _sub_jaxpr(eqn):
+    """The callee of a call-like equation (same operand and result counts), or None."""
+    for value in eqn.params.values():
+        if isinstance(value, jcore.ClosedJaxpr):
+            jaxpr = value.jaxpr
+        elif isinstance(value, jcore.Jaxpr):
+            jaxpr = value
+        else:
+            continue
+        if len(jaxpr.invars) == len(eqn.invars) and len(jaxpr.outvars) == len(eqn.outvars):
+            return jaxpr
+    return None
+
+
+class Walker:
+    """Builds the coupling of one traced function.
+
+    Attributes:
+      graph: the :class:`Coupling`.
+      members: ``(node, path, leaf_axis, scope)`` of every parameter axis;
+        ``scope`` is 0, or the scan whose layer slices the leaf's axis 0.
+      roles: ``path -> {"out": axes, "in": axes}`` seen at dot/conv operands.
+      scans: scan id -> length.
+    """
+
+    def __init__(self) -> None:
+        self.graph = Coupling()
+        self.members: list[tuple[int, str, int, int]] = []
+        self.roles: dict[str, dict[str, set[int]]] = {}
+        self.scans: dict[int, int] = {}
+
+    # -------------------------------------------------------------- helpers
+
+    def nodes_for(self, shape, scope: int) -> list[int]:
+        return [self.graph.new(s, scope) for s in shape]
+
+    def _role(self, params: dict, var, axes, role: str) -> None:
+        info = params.get(var) if not isinstance(var, jcore.Literal) else None
+        if info is not None:
+            path, offset = info
+            entry = self.roles.setdefault(path, {"out": set(), "in": set()})
+            entry[role].update(a + offset for a in axes)
+
+    def _mark_all(self, nodes_lists, reason: str) -> None:
+        for nodes in nodes_lists:
+            for n in nodes:
+                self.graph.unresolve(n, reason)
+
+    def _same(self, a: list[int], b: list[int], sa, sb) -> None:
+        """Joins equal-sized axes of two same-rank values (size-1 broadcasts stay apart)."""
+        if len(sa) != len(sb):
+            return
+        for x, y, p, q in zip(a, b, sa, sb):
+            if p == q and p != 1:
+                self.graph.union(x, y)
+
+    # ----------------------------------------------------------------- walk
+
+    def walk(self, jaxpr, in_nodes, scope: int, params: dict) -> list[list[int]]:
+        """Walks ``jaxpr`` with its inputs' nodes; returns its outputs' nodes.
+
+        ``params`` maps the invars that are exactly a parameter leaf (or one
+        layer slice of it) to ``(path, axis offset)``.
+        """
+        env: dict[Any, list[int]] = {}
+        for v, nodes in zip(jaxpr.invars, in_nodes):
+            env[v] = nodes
+        for v in jaxpr.constvars:
+            env[v] = self.nodes_for(_shape(v), scope)
+
+        def read(v):
+            if isinstance(v, jcore.Literal):
+                return self.nodes_for(np.shape(v.val), scope)
+            return env[v]
+
+        for eqn in jaxpr.eqns:
+            ins = [read(v) for v in eqn.invars]
+            outs = [self.nodes_for(_shape(v), scope) for v in eqn.outvars]
+            self.graph.describe = lambda eqn=eqn: _op(eqn)
+            self.rule(eqn, ins, outs, scope, params)
+            for v, nodes in zip(eqn.outvars, outs):
+                env[v] = nodes
+        return [read(v) for v in jaxpr.outvars]
+
+    def rule(self, eqn, ins, outs, scope, params) -> None:
+        name = eqn.primitive.name
+        g = self.graph
+        in_shapes = [_shape(v) for v in eqn.invars]
+        out_shapes = [_shape(v) for v in eqn.outvars]
+        p = eqn.params
+        if name in _ELEMENTWISE:
+            for o, so in zip(outs, out_shapes):
+                for i, si in zip(ins, in_shapes):
+                    self._same(o, i, so, si)
+        elif name == "optimization_barrier":
+            for i, o, si, so in zip(ins, outs, in_shapes, out_shapes):
+                self._same(i, o, si, so)
+        elif name == "broadcast_in_dim":
+            for j, d in enumerate(p["broadcast_dimensions"]):
+                if in_shapes[0][j] == out_shapes[0][d]:
+                    g.union(ins[0][j], outs[0][d])
+        elif name == "reshape":
+            self._reshape(eqn, ins[0], outs[0], in_shapes[0], out_shapes[0])
+        elif name == "squeeze":
+            kept = [d for d in range(len(in_shapes[0])) if d not in set(
+                d % len(in_shapes[0]) for d in p["dimensions"])]
+            for d, o in zip(kept, outs[0]):
+                g.union(ins[0][d], o)
+        elif name == "transpose":
+            for i, d in enumerate(p["permutation"]):
+                g.union(outs[0][i], ins[0][d])
+        elif name == "dot_general":
+            self._dot(eqn, ins, outs, in_shapes, params)
+        elif name == "conv_general_dilated":
+            self._conv(eqn, ins, outs, in_shapes, params)
+        elif name in _REDUCE:
+            axes = set(p["axes"])
+            rest = [d for d in range(len(in_shapes[0])) if d not in axes]
+            for d in axes:
+                g.block(ins[0][d], f"reduced by {_op(eqn)}")
+            for d, o in zip(rest, outs[0]):
+                g.union(ins[0][d], o)
+        elif name in _CUMULATIVE:
+            g.block(ins[0][p["axis"]], f"accumulated along by {_op(eqn)}")
+            self._same(ins[0], outs[0], in_shapes[0], out_shapes[0])
+        elif name == "sort":
+            d = p["dimension"]
+            for nodes in [*ins, *outs]:
+                g.block(nodes[d], f"sorted by {_op(eqn)}")
+            for a, b in itertools.combinations([*ins, *outs], 2):
+                self._same(a, b, in_shapes[0], in_shapes[0])
+        elif name == "concatenate":
+            self._concat(p["dimension"], ins, outs[0], in_shapes)
+        elif name == "split":
+            self._concat(p["axis"], outs, ins[0], out_shapes)
+        elif name == "slice":
+            self._slice(eqn, ins[0], outs[0], in_shapes[0])
+        elif name == "pad":
+            for d, (lo, hi, interior) in enumerate(p["padding_config"]):
+                if lo == hi == interior == 0:
+                    g.union(ins[0][d], outs[0][d])
+                else:
+                    g.unresolve(ins[0][d], f"padded by {_op(eqn)}")
+                    g.unresolve(outs[0][d], f"padded by {_op(eqn)}")
+        elif name == "gather":
+            self._gather(eqn, ins, outs, in_shapes, out_shapes)
+        elif name in ("dynamic_slice", "dynamic_update_slice"):
+            ref = in_shapes[1] if name == "dynamic_update_slice" else out_shapes[0]
+            for d, (s, r) in enumerate(zip(in_shapes[0], ref)):
+                pieces = [ins[0][d], outs[0][d]] + ([ins[1][d]] if name != "dynamic_slice" else [])
+                if s == r:
+                    for x in pieces[1:]:
+                        g.union(pieces[0], x)
+                else:
+                    for x in pieces:
+                        g.unresolve(x, f"indexed by {_op(eqn)}")
+        elif name == "scan":
+            self._scan(eqn, ins, outs, scope, params)
+        elif name == "cond":
+            for branch in p["branches"]:
+                inner = {bv: params[v] for bv, v in zip(branch.jaxpr.invars, eqn.invars[1:])
+                         if not isinstance(v, jcore.Literal) and v in params}
+                res = self.walk(branch.jaxpr, ins[1:], scope, inner)
+                for a, b in zip(res, outs):
+                    for x, y in zip(a, b):
+                        g.union(x, y)
+        elif not any(ins_ for ins_ in ins):
+            pass  # iota, random bits, constants: new values coupled to nothing
+        else:
+            sub = _sub_jaxpr(eqn)
+            if sub is None:
+                self._mark_all([*ins, *outs], f"it passes through {_op(eqn)}, which "
+                               "prune.groups does not know")
+                return
+            inner = {sv: params[v] for sv, v in zip(sub.invars, eqn.invars)
+                     if not isinstance(v, jcore.Literal) and v in params}
+            res = self.walk(sub, ins, scope, inner)
+            for a, b in zip(res, outs):
+                for x, y in zip(a, b):
+                    g.union(x, y)
+
+    # ------------------------------------------------------------ structural
+
+    def _reshape(self, eqn, i_nodes, o_nodes, si, so) -> None:
+        g = self.graph
+        ins = [(n, s) for n, s in zip(i_nodes, si) if s != 1]
+        outs = [(n, s) for n, s in zip(o_nodes, so) if s != 1]
+        a = b = 0
+        while a < len(ins) and b < len(outs):
+            bi, bo = [ins[a]], [outs[b]]
+            a, b = a + 1, b + 1
+            pi, po = bi[0][1], bo[0][1]
+            while pi != po:
+                if pi < po:
+                    bi.append(ins[a])
+                    pi *= ins[a][1]
+                    a += 1
+                else:
+                    bo.append(outs[b])
+                    po *= outs[b][1]
+                    b += 1
+            if len(bi) == 1 and len(bo) == 1:
+                g.union(bi[0][0], bo[0][0])
+                continue
+            refined = _refine("prod", [s for _, s in bi], [s for _, s in bo])
+            if refined is None:
+                for n, _ in [*bi, *bo]:
+                    g.unresolve(n, f"it is reshaped across channel boundaries by {_op(eqn)}")
+                continue
+            left = self._pieces(bi, refined)
+            right = self._pieces(bo, refined)
+            for x, y in zip(left, right):
+                g.union(x, y)
+
+    def _pieces(self, dims, refined) -> list[int | None]:
+        out, k = [], 0
+        for node, size in dims:
+            factors = []
+            while int(np.prod(factors)) < size:
+                factors.append(refined[k])
+                k += 1
+            out += self.graph.factor(node, "prod", factors)
+        return out
+
+    def _concat(self, dim, parts, whole, part_shapes) -> None:
+        g = self.graph
+        for nodes in parts:
+            for d, (x, y) in enumerate(zip(nodes, whole)):
+                if d != dim:
+                    g.union(x, y)
+        pieces = g.factor(whole[dim], "cat", [s[dim] for s in part_shapes])
+        for nodes, piece in zip(parts, pieces):
+            g.union(nodes[dim], piece)
+
+    def _slice(self, eqn, i_nodes, o_nodes, si) -> None:
+        g = self.graph
+        p = eqn.params
+        strides = p["strides"] or (1,) * len(si)
+        bounds = zip(p["start_indices"], p["limit_indices"], strides, si)
+        for d, (lo, hi, st, n) in enumerate(bounds):
+            if lo == 0 and hi == n and st == 1:
+                g.union(i_nodes[d], o_nodes[d])
+            elif st == 1:
+                pieces = g.factor(i_nodes[d], "cat", [lo, hi - lo, n - hi])
+                g.union(pieces[1], o_nodes[d])
+            else:
+                g.unresolve(i_nodes[d], f"strided by {_op(eqn)}")
+                g.unresolve(o_nodes[d], f"strided by {_op(eqn)}")
+
+    def _gather(self, eqn, ins, outs, in_shapes, out_shapes) -> None:
+        g = self.graph
+        dn = eqn.params["dimension_numbers"]
+        sizes = eqn.params["slice_sizes"]
+        skipped = set(dn.collapsed_slice_dims) | set(getattr(dn, "operand_batching_dims", ()))
+        kept = [d for d in range(len(in_shapes[0])) if d not in skipped]
+        for d, o in zip(kept, dn.offset_dims):
+            if d not in dn.start_index_map and sizes[d] == in_shapes[0][d]:
+                g.union(ins[0][d], outs[0][o])
+            else:
+                g.unresolve(ins[0][d], f"indexed by {_op(eqn)}")
+                g.unresolve(outs[0][o], f"indexed by {_op(eqn)}")
+        for d in skipped:
+            g.unresolve(ins[0][d], f"indexed by {_op(eqn)}")
+        batch = [d for d in range(len(out_shapes[0])) if d not in set(dn.offset_dims)]
+        for o, i in zip(batch, range(len(in_shapes[1]) - 1)):
+            if out_shapes[0][o] == in_shapes[1][i]:
+                g.union(outs[0][o], ins[1][i])
+
+    def _dot(self, eqn, ins, outs, in_shapes, params) -> None:
+        g = self.graph
+        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+        ln, rn, on = ins[0], ins[1], outs[0]
+        for a, b in zip(lc, rc):
+            g.union(ln[a], rn[b])
+        for k, (a, b) in enumerate(zip(lb, rb)):
+            g.union(ln[a], rn[b])
+            g.union(ln[a], on[k])
+        lfree = [d for d in range(len(ln)) if d not in lc and d not in lb]
+        rfree = [d for d in range(len(rn)) if d not in rc and d not in rb]
+        for j, d in enumerate([*lfree]):
+            g.union(ln[d], on[len(lb) + j])
+        for j, d in enumerate(rfree):
+            g.union(rn[d], on[len(lb) + len(lfree) + j])
+        for var, free, contract in ((eqn.invars[0], lfree, lc), (eqn.invars[1], rfree, rc)):
+            self._role(params, var, free, "out")
+            self._role(params, var, contract, "in")
+        del in_shapes
+
+    def _conv(self, eqn, ins, outs, in_shapes, params) -> None:
+        g = self.graph
+        p = eqn.params
+        lhs, rhs, out = p["dimension_numbers"]
+        ln, rn, on = ins[0], ins[1], outs[0]
+        if p["batch_group_count"] != 1:
+            self._mark_all([ln, rn, on], f"it passes through {_op(eqn)} with batch groups")
+            return
+        g.union(ln[lhs[0]], on[out[0]])
+        for spec, nodes in ((lhs, ln), (rhs, rn), (out, on)):
+            for d in spec[2:]:
+                g.block(nodes[d], f"a convolution window of {_op(eqn)}")
+        groups = p["feature_group_count"]
+        if groups == 1:
+            g.union(ln[lhs[1]], rn[rhs[1]])
+            g.union(rn[rhs[0]], on[out[1]])
+        else:
+            c, o = in_shapes[0][lhs[1]], in_shapes[1][rhs[0]]
+            ls = g.factor(ln[lhs[1]], "prod", [groups, c // groups])
+            rs = g.factor(rn[rhs[0]], "prod", [groups, o // groups])
+            os_ = g.factor(on[out[1]], "prod", [groups, o // groups])
+            g.union(ls[0], rs[0])
+            g.union(rs[0], os_[0])
+            g.union(rn[rhs[1]] if in_shapes[1][rhs[1]] != 1 else None, ls[1])
+            g.union(rs[1], os_[1])
+        self._role(params, eqn.invars[1], [rhs[0]], "out")
+        self._role(params, eqn.invars[1], [rhs[1]], "in")
+
+    def _scan(self, eqn, ins, outs, scope, params) -> None:
+        g = self.graph
+        p = eqn.params
+        body = p["jaxpr"].jaxpr
+        nc, nk = p["num_consts"], p["num_carry"]
+        s = len(self.scans) + 1
+        self.scans[s] = int(p["length"])
+        iteration = g.new(int(p["length"]), scope)
+        g.block(iteration, f"the iteration axis of {_op(eqn)}")
+        inner_params, body_in = {}, []
+        for k, (v, bv, nodes) in enumerate(zip(eqn.invars, body.invars, ins)):
+            if k < nc + nk:
+                fresh = self.nodes_for(_shape(bv), s)
+                for x, y in zip(fresh, nodes):
+                    g.union(x, y)
+                if k < nc and not isinstance(v, jcore.Literal) and v in params:
+                    inner_params[bv] = params[v]
+                body_in.append(fresh)
+                continue
+            fresh = self.nodes_for(_shape(bv), s)
+            info = params.get(v) if not isinstance(v, jcore.Literal) else None
+            if info is not None and info[1] == 0:
+                # A stacked parameter: each layer slice is its own layer.
+                inner_params[bv] = (info[0], 1)
+                for a, n in enumerate(fresh):
+                    self.members.append((n, info[0], a + 1, s))
+            else:
+                g.union(nodes[0], iteration)
+                for x, y in zip(fresh, nodes[1:]):
+                    g.union(x, y)
+            body_in.append(fresh)
+        res = self.walk(body, body_in, s, inner_params)
+        for k in range(nk):
+            for x, y, z in zip(res[k], body_in[nc + k], outs[k]):
+                g.union(x, y)
+                g.union(y, z)
+        for r_nodes, o_nodes in zip(res[nk:], outs[nk:]):
+            g.union(o_nodes[0], iteration)
+            for x, y in zip(r_nodes, o_nodes[1:]):
+                g.union(x, y)
