@@ -29,7 +29,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = lambda: nn.BatchNorm(use_running_average=not train)  # noqa: E731
+        norm = lambda: nn.BatchNorm(use_running_average=not train)
         x = nn.relu(norm()(nn.Conv(self.stem, (3, 3), use_bias=False)(x)))
         y = nn.relu(norm()(nn.Conv(self.inner, (3, 3), use_bias=False)(x)))
         y = norm()(nn.Conv(self.stem, (3, 3), use_bias=False)(y))
