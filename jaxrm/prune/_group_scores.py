@@ -55,9 +55,12 @@ def group_scores(
         never removed), or ``"taylor"`` (``(sum of w * g)^2`` over the
         channel's entries; needs ``grads``).
       grads: gradients of a loss with respect to ``params`` (``"taylor"``).
-      where: the members that count for ``"l1"``, ``"l2"`` and ``"taylor"``
-        (default :func:`jaxrm.tree.weights`: kernels, not biases or norm
-        parameters); a regular expression on the path or a callable.
+      where: the members that count for ``"l1"``, ``"l2"`` and ``"taylor"``:
+        ``None`` (default) for the kernels, i.e. the members the program
+        multiplies in a ``dot_general`` or convolution (not biases, norm
+        parameters or statistics); or a regular expression on the leaf path
+        or a callable ``(path, leaf) -> bool`` as for
+        [jaxrm.tree.select][].
 
     Returns:
       A list with one array of shape ``(group.size,)`` per group.
@@ -75,7 +78,7 @@ def group_scores(
         if grads is None:
             raise ValueError("method='taylor' needs grads")
         g_leaves = dict(zip(leaves, jtree.aligned(params, grads, "grads")))
-    chosen = dict(zip(
+    chosen = None if where is None else dict(zip(
         (p for p, _ in jtree.leaves_with_paths(params)),
         jax.tree_util.tree_leaves(jtree.select(params, where)),
     ))
@@ -84,12 +87,12 @@ def group_scores(
     for g in groups:
         total = jnp.zeros(g.size, jnp.float32)
         found = False
-        for (path, axis), index in zip(g.members, g.index):
+        for (path, axis), index, role in zip(g.members, g.index, g.roles):
             x = leaves[path]
             if method == "bn":
                 if not (x.ndim - (g.layer is not None) == 1 and _SCALE.search(path)):
                     continue
-            elif not chosen[path]:
+            elif not (role != "other" if chosen is None else chosen[path]):
                 continue
             found = True
             key = (path, axis, g.layer)
