@@ -20,7 +20,7 @@ def test_l1_and_l2_sum_member_norms_of_kernels_only():
     p = {k: np.asarray(d["kernel"]) for k, d in v["params"].items()}
     l1 = prune.group_scores(v, gs, method="l1")
     l2 = prune.group_scores(v, gs, method="l2")
-    for i, g in enumerate(gs):
+    for i, _g in enumerate(gs):
         col, row = p[f"Dense_{i}"], p[f"Dense_{i + 1}"]
         np.testing.assert_allclose(l1[i], np.abs(col).sum(0) + np.abs(row).sum(1), rtol=1e-5)
         np.testing.assert_allclose(
