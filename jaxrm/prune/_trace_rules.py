@@ -31,6 +31,7 @@ _REDUCE = frozenset(
     "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor "
     "argmax argmin".split()
 )
+_WINDOW = frozenset("reduce_window_sum reduce_window_max reduce_window_min reduce_window".split())
 _CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
 
 
@@ -176,6 +177,18 @@ class Walker:
                 g.block(ins[0][d], f"reduced by {_op(eqn)}")
             for d, o in zip(rest, outs[0]):
                 g.union(ins[0][d], o)
+        elif name in _WINDOW:
+            n = len(in_shapes[0])
+            pads = p.get("padding") or ((0, 0),) * n
+            per_axis = zip(p["window_dimensions"], p["window_strides"], pads,
+                           p.get("base_dilation") or (1,) * n, p.get("window_dilation") or (1,) * n)
+            for d, (w, st, pad, bd, wd) in enumerate(per_axis):
+                if (w, st, tuple(pad), bd, wd) == (1, 1, (0, 0), 1, 1):
+                    for i, o in zip(ins[: len(outs)], outs):
+                        g.union(i[d], o[d])
+                else:
+                    for nodes in [*ins, *outs]:
+                        g.block(nodes[d], f"a pooling window of {_op(eqn)}")
         elif name in _CUMULATIVE:
             g.block(ins[0][p["axis"]], f"accumulated along by {_op(eqn)}")
             self._same(ins[0], outs[0], in_shapes[0], out_shapes[0])

@@ -195,3 +195,20 @@ def test_bad_arguments():
         prune.groups(3, {}, 1)
     with pytest.raises(ValueError, match="unresolved"):
         prune.groups(lambda p, x: x, {}, 1, unresolved="maybe")
+
+
+def test_pooling_windows_keep_channels_coupled():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.max_pool(nn.relu(nn.Conv(8, (3, 3))(x)), (2, 2), (2, 2))
+            x = nn.avg_pool(nn.relu(nn.Conv(6, (3, 3))(x)), (2, 2), (2, 2))
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    _, gs = found(Net(), jnp.ones((2, 8, 8, 1)))
+    assert as_sets(gs) == expect(
+        (8, None, [("params/Conv_0/kernel", 3), ("params/Conv_0/bias", 0),
+                   ("params/Conv_1/kernel", 2)]),
+        (6, None, [("params/Conv_1/kernel", 3), ("params/Conv_1/bias", 0),
+                   ("params/Dense_0/kernel", 0)]),
+    )
