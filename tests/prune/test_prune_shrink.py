@@ -178,3 +178,48 @@ def test_keep_is_checked():
     wider = random_variables(MLP((3,)), x)
     with pytest.raises(ValueError, match="does not fit leaf"):
         prune.shrink(wider, gs, [np.ones(4, bool)])
+
+
+class NnxBlock(nnx.Module):
+    def __init__(self, hidden, rngs):
+        self.ln = nnx.LayerNorm(8, rngs=rngs)
+        self.fc1 = nnx.Linear(8, hidden, rngs=rngs)
+        self.fc2 = nnx.Linear(hidden, 8, rngs=rngs)
+
+    def __call__(self, x):
+        return x + self.fc2(nnx.relu(self.fc1(self.ln(x))))
+
+
+class NnxStack(nnx.Module):
+    """Blocks made under ``nnx.vmap`` and applied under ``nnx.scan`` (stacked params)."""
+
+    def __init__(self, hidden, rngs):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return NnxBlock(hidden, rngs)
+
+        self.blocks = make(rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def body(x, block):
+            return block(x)
+
+        return body(x, self.blocks)
+
+
+def test_nnx_scan_groups_per_layer_and_shrinks_exactly():
+    graphdef, state = nnx.split(NnxStack(12, nnx.Rngs(0)))
+    fn = lambda s, x: nnx.merge(graphdef, s)(x)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 8)), jnp.float32)
+    gs = prune.groups(fn, state, x)
+    members = {("blocks/fc1/kernel", 2), ("blocks/fc1/bias", 1), ("blocks/fc2/kernel", 1)}
+    assert [(g.size, g.layer, set(g.members)) for g in gs] == [
+        (12, layer, members) for layer in range(3)]
+    keep = half_keep(gs)
+    small, sizes, _ = prune.shrink(state, gs, keep)
+    assert sizes["blocks/fc1"] == (6,)
+    small_graphdef, _ = nnx.split(nnx.eval_shape(lambda: NnxStack(6, nnx.Rngs(0))))
+    want = fn(prune.apply(state, prune.group_masks(state, gs, keep)), x)
+    np.testing.assert_allclose(nnx.merge(small_graphdef, small)(x), want, rtol=1e-5, atol=1e-5)
