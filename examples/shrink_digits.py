@@ -77,20 +77,23 @@ def train(model, params, x, y, steps, *, seed, lr, batch, prune_at=None):
     state = opt.init(params)
 
     @jax.jit
-    def step(params, state, xb, yb):
+    def step(params, state, masks, xb, yb):
         grads = jax.grad(lambda p: loss_fn(model, p, xb, yb))(params)
         updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+        params = optax.apply_updates(params, updates)
+        # Silenced channels stay exactly zero (masks is None until pruning starts).
+        return (params if masks is None else prune.apply(params, masks)), state
 
     rng = np.random.default_rng(seed)
     masks = None
     for t in range(steps):
         idx = rng.integers(0, len(x), batch)
-        params, state = step(params, state, x[idx], y[idx])
+        params, state = step(params, state, masks, x[idx], y[idx])
         if prune_at is not None:
-            masks = prune_at(t, params) or masks
-        if masks is not None:
-            params = prune.apply(params, masks)
+            new = prune_at(t, params)
+            if new is not None:
+                masks = new
+                params = prune.apply(params, masks)
     return params
 
 

@@ -30,9 +30,9 @@ _METHODS = ("l1", "l2", "bn", "taylor")
 _SCALE = re.compile(r"(^|/)(scale|weight|gamma)$")
 
 
-def _per_channel(x: jax.Array, axis: int, fn) -> jax.Array:
+def _per_channel(x, axis: int, fn):
     others = tuple(a for a in range(x.ndim) if a != axis)
-    return fn(x.astype(jnp.float32), others)
+    return fn(x.astype(np.float32), others)
 
 
 def group_scores(
@@ -82,10 +82,14 @@ def group_scores(
         (p for p, _ in jtree.leaves_with_paths(params)),
         jax.tree_util.tree_leaves(jtree.select(params, where)),
     ))
-    cache: dict[tuple, jax.Array] = {}
+    # Concrete trees are scored with numpy (no compilation per leaf shape); traced
+    # ones (inside jit) with jnp.
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((params, grads)))
+    xp = jnp if traced else np
+    cache: dict[tuple, Any] = {}
     out, any_scale = [], False
     for g in groups:
-        total = jnp.zeros(g.size, jnp.float32)
+        total = xp.zeros(g.size, np.float32)
         found = False
         for (path, axis), index, role in zip(g.members, g.index, g.roles):
             x = leaves[path]
@@ -97,35 +101,35 @@ def group_scores(
             found = True
             key = (path, axis, g.layer)
             if key not in cache:
-                cache[key] = _member_values(method, x, g_leaves.get(path) if method ==
-                                            "taylor" else None, axis, g.layer)
-            summed = jnp.sum(cache[key][index], axis=1)
-            total = total + (jnp.sqrt(summed) if method == "l2" else summed)
+                grad = g_leaves.get(path) if method == "taylor" else None
+                cache[key] = _member_values(xp, method, x, grad, axis, g.layer)
+            summed = xp.sum(cache[key][index], axis=1)
+            total = total + (xp.sqrt(summed) if method == "l2" else summed)
         if method == "taylor":
-            total = jnp.square(total)
+            total = xp.square(total)
         if method == "bn" and not found:
-            total = jnp.full(g.size, jnp.inf, jnp.float32)
+            total = xp.full(g.size, np.inf, np.float32)
         any_scale |= found
-        out.append(total)
+        out.append(jnp.asarray(total))
     if method == "bn" and groups and not any_scale:
         raise ValueError("method='bn' found no normalisation scale in any group")
     return out
 
 
-def _member_values(method, x, g, axis, layer) -> jax.Array:
+def _member_values(xp, method, x, g, axis, layer):
     """Per position along ``axis``: the member's contribution before summing over ``index``."""
+    x = xp.asarray(x)
     if layer is not None:
         x = x[layer]
         g = None if g is None else g[layer]
         axis -= 1
-    x = jnp.asarray(x)
     if method == "l1":
-        return _per_channel(x, axis, lambda v, a: jnp.sum(jnp.abs(v), a))
+        return _per_channel(x, axis, lambda v, a: xp.sum(xp.abs(v), a))
     if method == "l2":
-        return _per_channel(x, axis, lambda v, a: jnp.sum(jnp.square(v), a))
+        return _per_channel(x, axis, lambda v, a: xp.sum(xp.square(v), a))
     if method == "bn":
-        return jnp.abs(x.astype(jnp.float32))
-    return _per_channel(x * jnp.asarray(g), axis, lambda v, a: jnp.sum(v, a))
+        return xp.abs(x.astype(np.float32))
+    return _per_channel(x * xp.asarray(g), axis, lambda v, a: xp.sum(v, a))
 
 
 def group_keep(

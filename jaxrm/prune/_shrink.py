@@ -122,10 +122,13 @@ def _kept(n: int, removed: set[int]) -> np.ndarray:
 
 
 def _shrink_leaf(path: str, x: Any, axes: dict[int, dict[int | None, set[int]]]) -> Any:
+    # numpy gathers concrete leaves with no compilation; traced leaves stay in jnp.
+    xp = jnp if isinstance(x, jax.core.Tracer) else np
+    x = xp.asarray(x)
     for axis, by_layer in sorted(axes.items()):
         shared = by_layer.get(None, set())
         if set(by_layer) == {None}:
-            x = jnp.take(x, _kept(x.shape[axis], shared), axis=axis)
+            x = xp.take(x, _kept(x.shape[axis], shared), axis=axis)
             continue
         kept = [_kept(x.shape[axis], shared | by_layer.get(layer, set()))
                 for layer in range(x.shape[0])]
@@ -136,8 +139,8 @@ def _shrink_leaf(path: str, x: Any, axes: dict[int, dict[int | None, set[int]]])
                 f"channels on axis {axis} ({counts}); keep the same count in every "
                 "layer (e.g. prune.group_keep with scope='uniform')"
             )
-        x = jnp.stack([jnp.take(x[layer], k, axis=axis - 1) for layer, k in enumerate(kept)])
-    return x
+        x = xp.stack([xp.take(x[layer], k, axis=axis - 1) for layer, k in enumerate(kept)])
+    return jnp.asarray(x)
 
 
 def shrink(params: Any, groups: Sequence[Group], keep: Sequence[Any]) -> Shrunk:
@@ -177,7 +180,7 @@ def shrink(params: Any, groups: Sequence[Group], keep: Sequence[Any]) -> Shrunk:
         path = jtree.path_str(kp)
         if path not in removals:
             return x
-        y = _shrink_leaf(path, jnp.asarray(x), removals[path])
+        y = _shrink_leaf(path, x, removals[path])
         shapes[path] = tuple(y.shape)
         return y
 
