@@ -123,7 +123,11 @@ class Walker:
         for v, nodes in zip(jaxpr.invars, in_nodes):
             env[v] = nodes
         for v in jaxpr.constvars:
+            # An array the function closes over is a hidden parameter: shrink could
+            # not remove its entries, so the channels it touches stay.
             env[v] = self.nodes_for(_shape(v), scope)
+            for n in env[v]:
+                self.graph.block(n, "a constant captured by the function")
 
         def read(v):
             if isinstance(v, jcore.Literal):

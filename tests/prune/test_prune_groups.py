@@ -212,3 +212,43 @@ def test_pooling_windows_keep_channels_coupled():
         (6, None, [("params/Conv_1/kernel", 3), ("params/Conv_1/bias", 0),
                    ("params/Dense_0/kernel", 0)]),
     )
+
+
+def test_calls_remat_custom_vjp_and_cond_are_walked_into():
+    @jax.custom_vjp
+    def squash(x):
+        return jnp.tanh(x)
+
+    squash.defvjp(lambda x: (squash(x), x), lambda x, g: (g,))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, inputs):
+            x = squash(nn.Dense(6)(inputs))
+            x = jax.checkpoint(jax.nn.silu)(nn.remat(nn.Dense)(5)(x))
+            x = jax.lax.cond(inputs.sum() > 0, lambda a: a * 2, lambda a: a, x)
+            return nn.Dense(2)(x)
+
+    _, gs = found(Net(), jnp.ones((2, 4)))
+    assert as_sets(gs) == expect(
+        (6, None, [("params/Dense_0/kernel", 1), ("params/Dense_0/bias", 0),
+                   ("params/CheckpointDense_0/kernel", 0)]),
+        (5, None, [("params/CheckpointDense_0/kernel", 1), ("params/CheckpointDense_0/bias", 0),
+                   ("params/Dense_1/kernel", 0)]),
+    )
+
+
+def test_an_array_the_function_closes_over_keeps_its_channels():
+    shift = jnp.arange(6.0)
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(6)(x) + shift)
+            return nn.Dense(2)(nn.relu(nn.Dense(4)(h)))
+
+    _, gs = found(Net(), jnp.ones((2, 3)))
+    # Dense_1 is the Dense(2) (constructed first), Dense_2 the Dense(4).
+    assert as_sets(gs) == expect((4, None, [("params/Dense_2/kernel", 1),
+                                            ("params/Dense_2/bias", 0),
+                                            ("params/Dense_1/kernel", 0)]))
