@@ -145,27 +145,13 @@ class Coupling:
         children: dict[int, list[int]] = {}
         for r, (_, ch) in self.struct.items():
             children[self.find(r)] = [self.find(c) for c in ch]
-        blocked = {self.find(r): why for r, why in self.blocked.items()}
-        stack = list(blocked)
-        while stack:
-            r = stack.pop()
-            for c in children.get(r, ()):
-                if c not in blocked:
-                    blocked[c] = blocked[r]
-                    stack.append(c)
         neighbours: dict[int, list[int]] = {}
         for r, ch in children.items():
             for c in ch:
                 neighbours.setdefault(r, []).append(c)
                 neighbours.setdefault(c, []).append(r)
-        unresolved = {self.find(r): why for r, why in self.unresolved.items()}
-        stack = list(unresolved)
-        while stack:
-            r = stack.pop()
-            for c in neighbours.get(r, ()):
-                if c not in unresolved:
-                    unresolved[c] = unresolved[r]
-                    stack.append(c)
+        blocked = _spread({self.find(r): w for r, w in self.blocked.items()}, children)
+        unresolved = _spread({self.find(r): w for r, w in self.unresolved.items()}, neighbours)
         return blocked, unresolved
 
     def expand(self, x: int, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -190,6 +176,18 @@ class Coupling:
                 out += self.expand(c, positions[offset : offset + s])
                 offset += s
         return out
+
+
+def _spread(marks: dict[int, str], edges: dict[int, list[int]]) -> dict[int, str]:
+    """Extends ``marks`` along ``edges`` to everything reachable (keeping the reason)."""
+    stack = list(marks)
+    while stack:
+        r = stack.pop()
+        for c in edges.get(r, ()):
+            if c not in marks:
+                marks[c] = marks[r]
+                stack.append(c)
+    return marks
 
 
 def _refine(kind: str, a: list[int], b: list[int]) -> list[int] | None:
