@@ -252,3 +252,18 @@ def test_an_array_the_function_closes_over_keeps_its_channels():
     assert as_sets(gs) == expect((4, None, [("params/Dense_2/kernel", 1),
                                             ("params/Dense_2/bias", 0),
                                             ("params/Dense_1/kernel", 0)]))
+
+
+def test_embedding_width_is_a_group_and_its_vocabulary_is_not():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, ids):
+            return nn.Dense(3)(nn.relu(nn.Dense(12)(nn.Embed(50, 16)(ids))))
+
+    x = jax.ShapeDtypeStruct((2, 7), jnp.int32)
+    gs = prune.groups(Net().apply, jax.eval_shape(Net().init, KEY, x), x)
+    assert as_sets(gs) == expect(
+        (16, None, [("params/Embed_0/embedding", 1), ("params/Dense_0/kernel", 0)]),
+        (12, None, [("params/Dense_0/kernel", 1), ("params/Dense_0/bias", 0),
+                    ("params/Dense_1/kernel", 0)]),
+    )
