@@ -262,8 +262,9 @@ def test_embedding_width_is_a_group_and_its_vocabulary_is_not():
 
     x = jax.ShapeDtypeStruct((2, 7), jnp.int32)
     gs = prune.groups(Net().apply, jax.eval_shape(Net().init, KEY, x), x)
+    # Dense_0 is the Dense(3) (constructed first), Dense_1 the Dense(12).
     assert as_sets(gs) == expect(
-        (16, None, [("params/Embed_0/embedding", 1), ("params/Dense_0/kernel", 0)]),
-        (12, None, [("params/Dense_0/kernel", 1), ("params/Dense_0/bias", 0),
-                    ("params/Dense_1/kernel", 0)]),
+        (16, None, [("params/Embed_0/embedding", 1), ("params/Dense_1/kernel", 0)]),
+        (12, None, [("params/Dense_1/kernel", 1), ("params/Dense_1/bias", 0),
+                    ("params/Dense_0/kernel", 0)]),
     )
