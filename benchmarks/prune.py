@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import time
 
 import jax
@@ -203,16 +204,61 @@ def train_step_overhead(repeats: int, steps: int, batch: int, every: int) -> Non
     print()
 
 
+def per_slice_ratio(rounds: int, layers: int, size: int, sparsity: float) -> None:
+    """``scope="layer"`` masks of one (L, d, d) stacked kernel against the same L slices as
+    separate leaves: the cost of per-slice handling (eager and jit), interleaved round by
+    round, with a memcpy into a preallocated buffer as the one-memory-pass yardstick."""
+    print(f"== per-slice masks: stacked ({layers}, {size}, {size}) vs {layers} leaves of "
+          f"({size}, {size}), sparsity {sparsity}; load average {os.getloadavg()}")
+    rng = np.random.default_rng(0)
+    w = np.abs(rng.standard_normal((layers, size, size), dtype=np.float32))
+    stacked = {"layers": {"Dense_0": {"kernel": jnp.asarray(w)}}}
+    apart = {f"l{i}": {"kernel": jnp.asarray(w[i])} for i in range(layers)}
+    jit_stacked = jax.jit(lambda t: prune.masks(t, sparsity))
+    jit_apart = jax.jit(lambda t: prune.masks(t, sparsity))
+    buf = np.empty_like(w)
+    cases = {
+        "stacked (eager)": lambda: prune.masks(stacked, sparsity),
+        "separate (eager)": lambda: prune.masks(apart, sparsity),
+        "stacked (jit)": lambda: jit_stacked(stacked),
+        "separate (jit)": lambda: jit_apart(apart),
+        "memcpy": lambda: np.copyto(buf, w),
+    }
+    got = np.asarray(cases["stacked (eager)"]()["layers"]["Dense_0"]["kernel"])
+    want = [np.asarray(cases["separate (eager)"]()[f"l{i}"]["kernel"]) for i in range(layers)]
+    np.testing.assert_array_equal(got, np.stack(want))  # the same masks, slice by slice
+    times = {name: [] for name in cases}
+    for fn in cases.values():
+        jax.block_until_ready(fn())
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        print(f"  {name:18} min {min(ts) * 1e3:8.1f} ms  median {np.median(ts) * 1e3:8.1f} ms")
+    for mode in ("eager", "jit"):
+        a, b = times[f"stacked ({mode})"], times[f"separate ({mode})"]
+        print(f"  stacked / separate ({mode}): min {min(a) / min(b):.2f}x, "
+              f"median {np.median(a) / np.median(b):.2f}x")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--leaves", type=int, default=20)
     parser.add_argument("--size", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--only-slices", action="store_true", help="only the per-slice ratio")
     args = parser.parse_args()
+    if args.only_slices:
+        per_slice_ratio(args.repeats, 12, 768, 0.9)
+        return
     conditions("pruning: jaxrm.prune, torch.nn.utils.prune, jaxpruner")
     global_masks(args.repeats, args.leaves, args.size, 0.9)
     train_step_overhead(args.repeats, args.steps, 256, 10)
+    per_slice_ratio(args.repeats, 12, 768, 0.9)
 
 
 if __name__ == "__main__":
