@@ -21,7 +21,6 @@ import numpy as np
 
 from jaxrm import tree as jtree
 from jaxrm.prune._groups import Group
-from jaxrm.prune._masks import check_sparsity, masks
 from jaxrm.prune._shrink import _check
 
 __all__ = ["group_keep", "group_scores"]
@@ -132,6 +131,14 @@ def _member_values(xp, method, x, g, axis, layer):
     return _per_channel(x * xp.asarray(g), axis, lambda v, a: xp.sum(v, a))
 
 
+def _fraction(value: Any, argument: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise TypeError(f"{argument} must be a float in [0, 1), got {type(value).__name__}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{argument} must be in [0, 1), got {float(value)}")
+    return float(value)
+
+
 def group_keep(
     scores: Sequence[Any],
     sparsity: Any,
@@ -174,9 +181,11 @@ def group_keep(
             raise ValueError("a per-group sparsity list needs scope='uniform'")
         if len(sparsity) != len(scores):
             raise ValueError(f"sparsity has {len(sparsity)} entries for {len(scores)} groups")
-        per = [check_sparsity(s, "sparsity", f"group {i}") for i, s in enumerate(sparsity)]
+        per = [_fraction(s, f"sparsity[{i}]") for i, s in enumerate(sparsity)]
     else:
-        per = [check_sparsity(sparsity)] * len(scores)
+        per = [_fraction(sparsity, "sparsity")] * len(scores)
+    from jaxrm.prune import masks  # the public selection (imported late: same package)
+
     everything = lambda path, leaf: True
     if scope == "global":
         kept = masks(scores, per[0], scope="global", where=everything)
