@@ -12,17 +12,22 @@ or, during training, ``prune.sparsify(optax.adam(1e-3), prune.polynomial(0.9, 0,
 """
 
 from jaxrm.prune._distributions import erk, uniform
+from jaxrm.prune._group_scores import group_keep, group_scores
+from jaxrm.prune._groups import Group, groups
 from jaxrm.prune._masks import apply, masks, threshold
 from jaxrm.prune._optax import SparsifyState, masks_of, sparsify
 from jaxrm.prune._patterns import NM, Blocks, Channels, blocks, channels, nm
 from jaxrm.prune._schedules import constant, iterative, one_shot, polynomial
 from jaxrm.prune._scores import magnitude, random, saliency
+from jaxrm.prune._shrink import Shrunk, group_masks, shrink
 from jaxrm.prune._summary import Summary, SummaryRow, summary
 
 __all__ = [
     "NM",
     "Blocks",
     "Channels",
+    "Group",
+    "Shrunk",
     "SparsifyState",
     "Summary",
     "SummaryRow",
@@ -31,6 +36,10 @@ __all__ = [
     "channels",
     "constant",
     "erk",
+    "group_keep",
+    "group_masks",
+    "group_scores",
+    "groups",
     "iterative",
     "magnitude",
     "masks",
@@ -40,6 +49,7 @@ __all__ = [
     "polynomial",
     "random",
     "saliency",
+    "shrink",
     "sparsify",
     "summary",
     "threshold",
