@@ -10,10 +10,11 @@
 * :func:`dequantize` gives back float parameters.
 """
 
+from jaxrm.quant._fake import fake_quant, fake_quant_tree
 from jaxrm.quant._kmeans import kmeans
 from jaxrm.quant._train import combine, partition, trainable
 from jaxrm.quant._types import Codebook, QArray, dequantize, is_quantized
-from jaxrm.quant._uniform import fake_quant, fake_quant_tree, uniform
+from jaxrm.quant._uniform import uniform
 
 __all__ = [
     "Codebook",
