@@ -10,6 +10,7 @@
 * :func:`dequantize` gives back float parameters.
 """
 
+from jaxrm.quant._execute import quantized
 from jaxrm.quant._fake import fake_quant, fake_quant_tree
 from jaxrm.quant._kmeans import kmeans
 from jaxrm.quant._train import combine, partition, trainable
@@ -26,6 +27,7 @@ __all__ = [
     "is_quantized",
     "kmeans",
     "partition",
+    "quantized",
     "trainable",
     "uniform",
 ]
