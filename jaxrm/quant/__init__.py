@@ -7,25 +7,36 @@
   centroids), skipping pruned entries;
 * :func:`partition` / :func:`combine` / :func:`trainable` fine-tune centroids
   with any optax optimizer (Deep Compression's trained quantization);
-* :func:`dequantize` gives back float parameters.
+* :func:`dequantize` gives back float parameters;
+* :func:`quantized` runs a function on quantized trees without a float copy
+  (weight-only or int8 x int8), with static activation ranges from
+  :func:`calibrate_activations`;
+* :func:`lsq` / :func:`lsq_apply` / :func:`lsq_export`: learned step size QAT.
 """
 
+from jaxrm.quant._calibrate import calibrate_activations
 from jaxrm.quant._execute import quantized
 from jaxrm.quant._fake import fake_quant, fake_quant_tree
 from jaxrm.quant._kmeans import kmeans
+from jaxrm.quant._lsq import LsqArray, lsq, lsq_apply, lsq_export
 from jaxrm.quant._train import combine, partition, trainable
 from jaxrm.quant._types import Codebook, QArray, dequantize, is_quantized
 from jaxrm.quant._uniform import uniform
 
 __all__ = [
     "Codebook",
+    "LsqArray",
     "QArray",
+    "calibrate_activations",
     "combine",
     "dequantize",
     "fake_quant",
     "fake_quant_tree",
     "is_quantized",
     "kmeans",
+    "lsq",
+    "lsq_apply",
+    "lsq_export",
     "partition",
     "quantized",
     "trainable",

@@ -88,17 +88,24 @@ def _plain(x: Any) -> Any:
 
 def _record(w: Weight, x: jax.Array) -> None:
     if w.mode == "record":
-        jax.debug.callback(functools.partial(w.recorder, w.path), x, ordered=True)
+        jax.debug.callback(functools.partial(w.recorder, w.path), jnp.abs(x), ordered=True)
 
 
 def _step(w: Weight) -> jax.Array | None:
-    return w.step if w.mode == "int8-static" else None
+    if w.mode != "int8-static":
+        return None
+    if w.step is None:
+        raise ValueError(
+            f"activations has no calibrated range for quantized leaf {w.path!r}; calibrate "
+            "with the same function and tree"
+        )
+    return w.step
 
 
 def _dot(x: Any, w: Weight, side: str, params: dict) -> jax.Array:
     x = _plain(x)
     (lc, rc), _ = params["dimension_numbers"]
-    _record(w, jnp.abs(x))
+    _record(w, x)
     if w.mode in ("int8-dynamic", "int8-static") and isinstance(w.leaf, QArray):
         w_contract = rc if side == "rhs" else lc
         _ops.check_integer_weight(w.leaf, w.path, tuple(w_contract))
@@ -126,7 +133,7 @@ def _dot_both(a: Weight, b: Weight, **params):
 @quax.register(lax.conv_general_dilated_p)
 def _conv(x: jax.Array | quax.ArrayValue, w: Weight, **params):
     x = _plain(x)
-    _record(w, jnp.abs(x))
+    _record(w, x)
     if w.mode in ("int8-dynamic", "int8-static") and isinstance(w.leaf, QArray):
         _ops.check_conv_weight(w.leaf, w.path, params["dimension_numbers"].rhs_spec)
         return _ops.int_conv(x, w.leaf, step=_step(w), params=params)
@@ -164,11 +171,10 @@ def _check_activations(activations: Any) -> tuple[str | None, dict[str, Any] | N
             if not isinstance(k, str) or not jtree.is_array(v):
                 raise TypeError(
                     "activations must be None, 'int8-dynamic' or the ranges from "
-                    "quant.calibrate_activations (a dict path -> step array)"
+                    "quant.calibrate_activations (a dict path -> range bound array)"
                 )
-            if jtree.is_array(v) and not isinstance(v, jax.core.Tracer):
-                if not np.all(np.asarray(v) > 0):
-                    raise ValueError(f"activations step for {k!r} must be positive")
+            if not isinstance(v, jax.core.Tracer) and not np.all(np.asarray(v) >= 0):
+                raise ValueError(f"activations range for {k!r} must be >= 0")
         return "int8-static", activations
     raise ValueError(
         "activations must be None (weight-only), 'int8-dynamic' or the ranges from "
@@ -190,11 +196,9 @@ def wrap_leaves(tree: Any, mode, steps, unsupported: str, recorder=None) -> Any:
         step = None
         if mode == "int8-static":
             if path not in steps:
-                raise ValueError(
-                    f"activations has no calibrated range for quantized leaf {path!r} "
-                    f"(it has {sorted(steps)[:5]}...)"
-                )
-            step = jnp.asarray(steps[path], jnp.float32)
+                return Weight(leaf, None, path, mode, unsupported, recorder)
+            bound = jnp.asarray(steps[path], jnp.float32)
+            step = jnp.where(bound > 0, bound / _ops.INT8_MAX, jnp.ones_like(bound))
         return Weight(leaf, step, path, mode, unsupported, recorder)
 
     return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=is_quantized)
