@@ -118,6 +118,8 @@ def targets(
     Raises:
       ValueError / TypeError: naming the argument and the leaf path.
     """
+    if bits is None:
+        raise TypeError("bits must be an int (or a per-leaf setting of ints), got None")
     chosen = jtree.selected(params, where)
     bits_of = _settings.resolve(bits, params, argument="bits", is_scalar=is_bits_like)
     resolved = {

@@ -102,9 +102,23 @@ def _step(w: Weight) -> jax.Array | None:
     return w.step
 
 
+def _check_fit(w: Weight, x: Any, w_axes, x_axes, op: str) -> None:
+    bad = [(a, b) for a, b in zip(w_axes, x_axes) if w.leaf.shape[a] != x.shape[b]]
+    if bad:
+        raise ValueError(
+            f"quantized leaf {w.path!r} of shape {tuple(w.leaf.shape)} does not fit `{op}` "
+            f"with an input of shape {tuple(x.shape)}: its axes {list(w_axes)} meet the "
+            f"input's axes {list(x_axes)}"
+        )
+
+
 def _dot(x: Any, w: Weight, side: str, params: dict) -> jax.Array:
     x = _plain(x)
-    (lc, rc), _ = params["dimension_numbers"]
+    (lc, rc), (lb, rb) = params["dimension_numbers"]
+    if side == "rhs":
+        _check_fit(w, x, (*rc, *rb), (*lc, *lb), "dot_general")
+    else:
+        _check_fit(w, x, (*lc, *lb), (*rc, *rb), "dot_general")
     _record(w, x)
     if w.mode in ("int8-dynamic", "int8-static") and isinstance(w.leaf, QArray):
         w_contract = rc if side == "rhs" else lc
@@ -133,6 +147,14 @@ def _dot_both(a: Weight, b: Weight, **params):
 @quax.register(lax.conv_general_dilated_p)
 def _conv(x: jax.Array | quax.ArrayValue, w: Weight, **params):
     x = _plain(x)
+    dn = params["dimension_numbers"]
+    groups = params.get("feature_group_count", 1)
+    if w.leaf.shape[dn.rhs_spec[1]] * groups != x.shape[dn.lhs_spec[1]]:
+        raise ValueError(
+            f"quantized leaf {w.path!r} of shape {tuple(w.leaf.shape)} does not fit "
+            f"`conv_general_dilated` with an input of shape {tuple(x.shape)} "
+            f"(input features {x.shape[dn.lhs_spec[1]]})"
+        )
     _record(w, x)
     if w.mode in ("int8-dynamic", "int8-static") and isinstance(w.leaf, QArray):
         _ops.check_conv_weight(w.leaf, w.path, params["dimension_numbers"].rhs_spec)
@@ -182,6 +204,38 @@ def _check_activations(activations: Any) -> tuple[str | None, dict[str, Any] | N
     )
 
 
+def check_fields(path: str, leaf: Any) -> None:
+    """Raises unless the fields of a quantized leaf fit its shape."""
+    shape = tuple(leaf.shape)
+    if isinstance(leaf, QArray):
+        fields = {"scale": leaf.scale, "zero_point": leaf.zero_point}
+        for name, f in fields.items():
+            fs = (1,) * (len(shape) - f.ndim) + tuple(f.shape)
+            ok = len(fs) == len(shape) and all(
+                m in (1, n) or (leaf.group_size and m == -(-n // leaf.group_size))
+                for m, n in zip(fs, shape)
+            )
+            if not ok:
+                raise ValueError(
+                    f"quantized leaf {path!r}: {name} of shape {tuple(f.shape)} does not fit "
+                    f"values of shape {shape} (group_size={leaf.group_size})"
+                )
+    else:
+        c = leaf.centroids
+        if c.ndim > 1 and (
+            c.ndim != len(shape) + 1
+            or any(m not in (1, n) for m, n in zip(c.shape[:-1], shape))
+        ):
+            raise ValueError(
+                f"quantized leaf {path!r}: centroids of shape {tuple(c.shape)} do not fit "
+                f"indices of shape {shape}"
+            )
+    if leaf.mask is not None and tuple(leaf.mask.shape) != shape:
+        raise ValueError(
+            f"quantized leaf {path!r}: mask of shape {tuple(leaf.mask.shape)} is not {shape}"
+        )
+
+
 def wrap_leaves(tree: Any, mode, steps, unsupported: str, recorder=None) -> Any:
     """Replaces each quantized leaf of ``(args, kwargs)`` by a :class:`Weight`.
 
@@ -193,6 +247,7 @@ def wrap_leaves(tree: Any, mode, steps, unsupported: str, recorder=None) -> Any:
         if not is_quantized(leaf):
             return leaf
         path = jtree.path_str(kp[2:])
+        check_fields(path, leaf)
         step = None
         if mode == "int8-static":
             if path not in steps:

@@ -83,6 +83,7 @@ def resolve(
     default: Any = _NO_DEFAULT,
 ) -> dict[str, Any]:
     """One value per leaf path of ``tree`` (see ``jaxrm.tree.resolve``)."""
+    _check_kind(setting, argument, is_scalar)
     resolver = getattr(jtree, "resolve", None)
     if resolver is not None:
         kw = {} if default is _NO_DEFAULT else {"default": default}
@@ -92,6 +93,21 @@ def resolve(
     else:
         values = _fallback_resolve(setting, tree, argument, is_scalar, default)
     return {p: v for (p, _), v in zip(leaf_paths(tree), values)}
+
+
+def _check_kind(setting: Any, argument: str, is_scalar: Callable[[Any], bool]) -> None:
+    """A TypeError for a setting that is none of the accepted kinds, before any
+    structure comparison (whose message would mislead)."""
+    if is_scalar(setting) or callable(setting) or _is_rules(setting):
+        return
+    leaves = jax.tree.leaves(setting, is_leaf=lambda x: x is None)
+    container = bool(jax.tree_util.treedef_children(jax.tree.structure(setting)))
+    if not container or not all(x is None or is_scalar(x) for x in leaves):
+        raise TypeError(
+            f"{argument} must be a value, a pytree of the parameters' structure holding "
+            f"values, a callable (path, leaf) -> value or a list of (regex, value) rules, "
+            f"got {setting!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
