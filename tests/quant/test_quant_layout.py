@@ -27,15 +27,16 @@ def test_group_wise_scales_match_numpy():
         np.asarray(q.dequantize()), np.asarray(q.values, np.float32) * full, rtol=1e-6
     )
     per_channel = quant.uniform({"kernel": w}, 4, axis=-1, where="kernel")["kernel"]
-    err = lambda x: float(np.mean((np.asarray(x.dequantize()) - w) ** 2))  # noqa: E731
+    err = lambda x: float(np.mean((np.asarray(x.dequantize()) - w) ** 2))
     assert err(q) < err(per_channel)
 
 
 def test_group_wise_asymmetric_and_equinox_layout():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((5, 64)).astype(np.float32)  # Equinox Linear (out, in)
-    q = quant.uniform({"weight": w}, 8, symmetric=False, axis=0, group_size=16,
-                      where="weight")["weight"]
+    q = quant.uniform({"weight": w}, 8, symmetric=False, axis=0, group_size=16, where="weight")[
+        "weight"
+    ]
     assert q.scale.shape == (5, 4)
     x = np.asarray(q.dequantize())
     assert np.max(np.abs(x - w)) <= float(np.max(q.scale)) / 2 * (1 + 1e-5)
@@ -73,8 +74,9 @@ def test_mask_lives_in_qarray_and_decodes_to_zero():
     keep = rng.random(w.shape) > 0.6
     w_pruned = np.where(keep, w, 7.0)  # pruned entries hold junk: they must not count
     for symmetric in (True, False):
-        q = quant.uniform({"k": w_pruned}, 8, symmetric=symmetric, masks={"k": keep},
-                          where="k")["k"]
+        q = quant.uniform({"k": w_pruned}, 8, symmetric=symmetric, masks={"k": keep}, where="k")[
+            "k"
+        ]
         x = np.asarray(q.dequantize())
         assert np.all(x[~keep] == 0.0)
         ref = quant.uniform({"k": np.where(keep, w, 0.0)}, 8, symmetric=symmetric, where="k")["k"]
@@ -99,8 +101,9 @@ def test_per_slice_scales_and_codebooks_for_stacked_leaves():
         np.testing.assert_array_equal(np.asarray(c.dequantize()[i]), np.asarray(book.dequantize()))
     # rules give per-leaf settings (first match wins)
     tree = {"a": {"kernel": w}, "b": {"kernel": w[0]}}
-    out = quant.uniform(tree, [("a/", 8), ("b/", 4)], stacked=[("a/", 0), (".*", None)],
-                        where="kernel")
+    out = quant.uniform(
+        tree, [("a/", 8), ("b/", 4)], stacked=[("a/", 0), (".*", None)], where="kernel"
+    )
     assert out["a"]["kernel"].bits == 8 and out["a"]["kernel"].scale.shape == (4, 1, 1)
     assert out["b"]["kernel"].bits == 4 and out["b"]["kernel"].scale.shape == (1, 1)
 
@@ -109,9 +112,7 @@ def test_per_slice_codebook_gradient_is_per_slice_sum():
     w = np.random.default_rng(6).standard_normal((2, 8, 4)).astype(np.float32)
     c = quant.kmeans({"k": w}, 2, stacked=0, where="k")["k"]
     g = np.random.default_rng(7).standard_normal(w.shape).astype(np.float32)
-    grad = jax.grad(lambda cents: jnp.sum(c.replace(centroids=cents).dequantize() * g))(
-        c.centroids
-    )
+    grad = jax.grad(lambda cents: jnp.sum(c.replace(centroids=cents).dequantize() * g))(c.centroids)
     idx = np.asarray(c.indices)
     for i in range(2):
         for j in range(c.centroids.shape[-1]):
