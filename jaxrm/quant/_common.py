@@ -10,18 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrm import _checks
 from jaxrm import tree as jtree
 from jaxrm.quant import _settings
 
 
 def check_bits(bits: Any, lo: int, hi: int, argument: str = "bits", path: str | None = None) -> int:
     """Returns ``bits`` as an int, raising unless it is an integer in ``[lo, hi]``."""
-    where = f" at leaf {path!r}" if path is not None else ""
-    if isinstance(bits, bool) or not isinstance(bits, int | np.integer):
-        raise TypeError(f"{argument}{where} must be an int in [{lo}, {hi}], got {bits!r}")
-    if not lo <= int(bits) <= hi:
-        raise ValueError(f"{argument}{where} must be in [{lo}, {hi}], got {int(bits)}")
-    return int(bits)
+    return _checks.integer(bits, argument, minimum=lo, maximum=hi, path=path)
 
 
 def is_int_like(x: Any) -> bool:
@@ -57,8 +53,8 @@ def check_axis(path: str, leaf: Any, axis: Any, argument: str = "axis") -> int |
     """Returns ``axis`` normalized to ``[0, ndim)``, or ``None``."""
     if axis is None:
         return None
-    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
-        raise TypeError(f"{argument} must be None or an int, got {axis!r}")
+    if not _checks.is_int(axis):
+        raise TypeError(f"{argument}{_checks.at(path)} must be None or an int, got {axis!r}")
     ndim = len(leaf.shape)
     if not -ndim <= int(axis) < ndim:
         raise ValueError(
@@ -68,9 +64,7 @@ def check_axis(path: str, leaf: Any, axis: Any, argument: str = "axis") -> int |
 
 
 def check_choice(value: Any, choices: tuple[str, ...], argument: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{argument} must be one of {list(choices)}, got {value!r}")
-    return value
+    return _checks.choice(value, argument, choices)
 
 
 def is_bits_like(x: Any) -> bool:
@@ -121,12 +115,13 @@ def targets(
     if bits is None:
         raise TypeError("bits must be an int (or a per-leaf setting of ints), got None")
     chosen = jtree.selected(params, where)
-    bits_of = _settings.resolve(bits, params, argument="bits", is_scalar=is_bits_like)
+    only = set(chosen)
+    bits_of = _settings.resolve(bits, params, argument="bits", is_scalar=is_bits_like, only=only)
     resolved = {
-        name: _settings.resolve(value, params, argument=name, is_scalar=scalar)
+        name: _settings.resolve(value, params, argument=name, is_scalar=scalar, only=only)
         for name, (value, scalar) in (settings or {}).items()
     }
-    axes = _settings.axes_of(params, stacked, set(chosen))
+    axes = _settings.axes_of(params, stacked, only)
     leaves = dict(_settings.leaf_paths(params))
     out = []
     for path in chosen:
