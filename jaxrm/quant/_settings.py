@@ -47,6 +47,17 @@ class Axes:
     stacked: tuple[int, ...] = ()
     out: tuple[int, ...] = ()
     contract: tuple[int, ...] = ()
+    kind: str = "other"
+
+    @property
+    def group_axis(self) -> int | None:
+        """The axis group-wise scales split: the last contracted axis, or an
+        embedding's feature axis (what its attend/logits matmul contracts)."""
+        if self.contract:
+            return self.contract[-1]
+        if self.kind == "embedding" and self.out:
+            return self.out[-1]
+        return None
 
 
 def axes_of(tree: Any, stacked: Any, paths: set[str]) -> dict[str, Axes]:
@@ -62,7 +73,7 @@ def axes_of(tree: Any, stacked: Any, paths: set[str]) -> dict[str, Axes]:
     found = jtree.layouts(sub, stacked=stacked, is_leaf=_is_quantized)
     names = [p for p, _ in leaf_paths(sub)]
     return {
-        p: Axes(tuple(lay.stacked), tuple(lay.out), tuple(lay.contract))
+        p: Axes(tuple(lay.stacked), tuple(lay.out), tuple(lay.contract), lay.kind)
         for p, lay in zip(names, found)
         if lay is not None
     }

@@ -239,8 +239,9 @@ def uniform(
     slice: the scale keeps the stacked axes. ``group_size=g`` gives one scale
     per ``g`` consecutive entries along the leaf's contraction (input) axis
     (the last contracted axis of its layout, e.g. the ``in`` axis of a Flax
-    Dense ``(in, out)`` kernel), per output channel when ``axis`` is the output
-    axis; the last group may be shorter. ``masks`` (``False`` = pruned) are
+    Dense ``(in, out)`` kernel; the feature axis of an embedding), per output
+    channel when ``axis`` is the output axis (per row of an embedding with
+    ``axis=0``); the last group may be shorter. ``masks`` (``False`` = pruned) are
     stored in the ``QArray``: pruned entries take no part in the range (they
     count as 0), are stored as the grid's 0 and decode to exactly 0.
     ``pack=True`` stores leaves of at most 4 bits whose last axis is even two
@@ -322,12 +323,12 @@ def _group(t: _common.Target, size: Any, axis: int | None, calibration: str):
         return None
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
         raise ValueError(f"group_size at leaf {t.path!r} must be None or an int >= 1, got {size!r}")
-    if not t.axes.contract:
+    d = t.axes.group_axis
+    if d is None:
         raise ValueError(
             f"group_size at leaf {t.path!r}: the leaf of shape {tuple(t.leaf.shape)} has no "
-            "contraction axis in its layout (give layout= or leave it out of group_size)"
+            "contraction axis in its layout (leave it out of group_size)"
         )
-    d = t.axes.contract[-1]
     if d == axis:
         raise ValueError(f"group_size at leaf {t.path!r}: axis={axis} is the group axis")
     n = t.leaf.shape[d]
