@@ -170,7 +170,7 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def run_model(title, model, x, rounds, key, with_qwix=True):
+def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False):
     variables = model.init(key, x)
     params, _apply, variants = jaxrm_variants(model, variables)
     if with_qwix:
@@ -180,7 +180,8 @@ def run_model(title, model, x, rounds, key, with_qwix=True):
     compiled, rows = {}, {}
     for name, (fn, p) in variants.items():
         c, arg, temp = memory(fn, p, x)
-        _, _, temp_mem = memory(fn, p, x, MEMORY_SCHEDULER)
+        # The scheduler option is the CPU compiler's; on a GPU temp* repeats temp.
+        temp_mem = temp if gpu else memory(fn, p, x, MEMORY_SCHEDULER)[2]
         compiled[name] = (c, p)
         rows[name] = {"arg": arg, "temp": temp, "temp_mem": temp_mem}
     y_float = np.asarray(compiled["float32"][0](params, x))
