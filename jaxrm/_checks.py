@@ -64,7 +64,7 @@ def integer(
 
 
 def positive_int(value: Any, argument: str, *, path: str | None = None) -> int:
-    """Returns ``value`` as an ``int >= 1`` (see :func:`integer`)."""
+    """Returns ``value`` as an ``int >= 1`` (see `integer`)."""
     return integer(value, argument, minimum=1, path=path)
 
 

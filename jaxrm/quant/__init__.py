@@ -1,17 +1,21 @@
 """Quantization: uniform PTQ and QAT, and trained weight sharing with k-means codebooks.
 
-* :func:`uniform` turns selected leaves into ``QArray`` (integers, scale, zero point);
-* :func:`fake_quant` / :func:`fake_quant_tree` quantize-dequantize with a
+* [`uniform`][jaxrm.quant.uniform] turns selected leaves into ``QArray``
+  (integers, scale, zero point; per slice, group-wise, packed int4, masks);
+* [`fake_quant`][jaxrm.quant.fake_quant] /
+  [`fake_quant_tree`][jaxrm.quant.fake_quant_tree] quantize-dequantize with a
   straight-through gradient for quantization-aware training;
-* :func:`kmeans` turns selected leaves into ``Codebook`` (indices into shared
-  centroids), skipping pruned entries;
-* :func:`partition` / :func:`combine` / :func:`trainable` fine-tune centroids
-  with any optax optimizer (Deep Compression's trained quantization);
-* :func:`dequantize` gives back float parameters;
-* :func:`quantized` runs a function on quantized trees without a float copy
-  (weight-only or int8 x int8), with static activation ranges from
-  :func:`calibrate_activations`;
-* :func:`lsq` / :func:`lsq_apply` / :func:`lsq_export`: learned step size QAT.
+* [`kmeans`][jaxrm.quant.kmeans] turns selected leaves into ``Codebook``
+  (indices into shared centroids), skipping pruned entries;
+* [`partition`][jaxrm.quant.partition] / [`combine`][jaxrm.quant.combine] /
+  [`trainable`][jaxrm.quant.trainable] fine-tune centroids with any optax
+  optimizer (Deep Compression's trained quantization);
+* [`dequantize`][jaxrm.quant.dequantize] gives back float parameters;
+* [`quantized`][jaxrm.quant.quantized] runs a function on quantized trees
+  without a float copy (weight-only or int8 x int8), with static activation
+  ranges from [`calibrate_activations`][jaxrm.quant.calibrate_activations];
+* [`lsq`][jaxrm.quant.lsq] / [`lsq_apply`][jaxrm.quant.lsq_apply] /
+  [`lsq_export`][jaxrm.quant.lsq_export]: learned step size QAT.
 """
 
 from jaxrm.quant._calibrate import calibrate_activations

@@ -82,10 +82,10 @@ def calibrate_activations(
 ) -> dict[str, jax.Array]:
     """Records the input range of every quantized op of ``fn(params, batch)``.
 
-    Runs ``fn`` as :func:`quantized` does (weight-only) on each batch and
+    Runs ``fn`` as [`quantized`][jaxrm.quant.quantized] does (weight-only) on each batch and
     records ``|x|`` of the float input of each ``dot_general`` /
     ``conv_general_dilated`` that meets a quantized leaf. The result maps the
-    leaf's path (as :func:`quantized` names it) to the clipping bound ``a`` of
+    leaf's path (as [`quantized`][jaxrm.quant.quantized] names it) to the clipping bound ``a`` of
     a symmetric int8 grid (step ``a / 127``); pass it as
     ``quantized(fn, activations=ranges)``. A leaf stacked on axis 0 whose op
     runs once per slice (a scanned layer) gets one bound per slice (shape

@@ -237,7 +237,7 @@ def check_fields(path: str, leaf: Any) -> None:
 
 
 def wrap_leaves(tree: Any, mode, steps, unsupported: str, recorder=None) -> Any:
-    """Replaces each quantized leaf of ``(args, kwargs)`` by a :class:`Weight`.
+    """Replaces each quantized leaf of ``(args, kwargs)`` by a ``Weight``.
 
     Paths name a leaf inside its argument (``"params/Dense_0/kernel"`` for
     ``apply({"params": p}, x)``), the argument's position or keyword dropped.
@@ -282,12 +282,13 @@ def quantized(
       scales. Needs symmetric ``QArray`` weights of at most 8 bits with one
       scale per output channel (or per tensor); ``Codebook`` leaves stay
       weight-only.
-    * ``activations=ranges`` from :func:`calibrate_activations`: as above with
-      fixed (static) per-op steps.
+    * ``activations=ranges`` from
+      [`calibrate_activations`][jaxrm.quant.calibrate_activations]: as above
+      with fixed (static) per-op steps.
 
     Masked entries decode to exactly 0 on every path. Works under ``jit``,
     ``grad`` (with respect to float leaves and scales, e.g. after
-    :func:`partition`) and ``vmap``, and through ``lax.scan`` (``nn.scan``,
+    [`partition`][jaxrm.quant.partition]) and ``vmap``, and through ``lax.scan`` (``nn.scan``,
     ``nnx.scan``: stacked leaves are sliced with their scales).
 
     Args:

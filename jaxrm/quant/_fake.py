@@ -67,7 +67,7 @@ def fake_quant(
 def fake_quant_keep(
     x, bits, *, symmetric=True, axis=None, stacked=(), scale=None, zero_point=None, path="x"
 ):
-    """:func:`fake_quant` with ranges per stacked slice (``stacked`` axes kept)."""
+    """``fake_quant`` with ranges per stacked slice (``stacked`` axes kept)."""
     bits = _common.check_bits(bits, 2, 16, "bits")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -119,7 +119,7 @@ def fake_quant_tree(
     where: jtree.Where = None,
     stacked: Any = None,
 ) -> Any:
-    """Applies :func:`fake_quant` to the selected leaves of ``params``.
+    """Applies [`fake_quant`][jaxrm.quant.fake_quant] to the selected leaves of ``params``.
 
     Use it inside a loss for quantization-aware training:
     ``loss(fake_quant_tree(params, 4), batch)``; gradients flow to the float

@@ -6,7 +6,7 @@ them like any parameters. ``lsq_apply`` gives the fake-quantized weights for the
 forward pass; its gradient reaches the weight through the straight-through
 estimator and the step through LSQ's formula (eq. 3 of the paper), scaled by
 ``1 / sqrt(N * Q_P)``. ``lsq_export`` turns the trained tree into ``QArray``
-leaves that :func:`quantized` runs.
+leaves that [`quantized`][jaxrm.quant.quantized] runs.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def lsq(
       is a float array, so ``optax`` trains weights and steps together.
 
     Raises:
-      ValueError / TypeError: as :func:`uniform` for bits, axis and leaves.
+      ValueError / TypeError: as [`uniform`][jaxrm.quant.uniform] for bits, axis and leaves.
     """
     new = {}
     for t in _common.targets(

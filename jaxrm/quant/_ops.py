@@ -136,7 +136,7 @@ def _gather_field(a: jax.Array, indices: jax.Array, full: tuple[int, ...], param
 
     Axes where ``a`` has size 1 are read at index 0 with a slice of 1, so the
     result broadcasts against the gathered values; a group-wise axis must be
-    sliced whole (then :func:`expand_groups` spreads it)."""
+    sliced whole (then ``expand_groups`` spreads it)."""
     dn = params["dimension_numbers"]
     a = _keepdims(a, len(full))
     sizes = list(params["slice_sizes"])

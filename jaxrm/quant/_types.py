@@ -35,7 +35,7 @@ def unpack_int4(packed: jax.Array, signed: bool) -> jax.Array:
 
 
 def pack_int4(values: jax.Array) -> jax.Array:
-    """Inverse of :func:`unpack_int4`: packs an even last axis two entries per byte."""
+    """Inverse of ``unpack_int4``: packs an even last axis two entries per byte."""
     signed = jnp.issubdtype(values.dtype, jnp.signedinteger)
     v = values.reshape(*values.shape[:-1], values.shape[-1] // 2, 2)
     if signed:

@@ -6,7 +6,7 @@ The rules (``docs/layouts.md`` has them as tables):
    (``nn.Partitioned`` / ``nn.LogicallyPartitioned`` / NNX ``out_sharding``,
    as ``nn.scan(..., metadata_params={nn.PARTITION_NAME: "layers"})`` and
    ``nnx.scan``/``nnx.vmap(transform_metadata=...)`` write them) matches
-   :data:`STACKED_NAMES`; else, where the layer type fixes the rank of one
+   [`STACKED_NAMES`][jaxrm.tree.STACKED_NAMES]; else, where the layer type fixes the rank of one
    layer's leaf (Equinox ``Linear``/``Conv``/``Embedding``/norms, Flax
    ``Dense_*``/``Embed_*``/``LayerNorm_*`` modules, attention ``query``/
    ``key``/``value``/``out``, Gemma einsums), the extra leading axes; else none.

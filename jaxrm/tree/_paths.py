@@ -187,7 +187,8 @@ def aligned(
 
 
 def check_matches(reference: Any, other: Any, argument: str, *, shapes: bool = True) -> None:
-    """Checks that ``other`` lines up with ``reference`` leaf by leaf (see :func:`aligned`).
+    """Checks that ``other`` lines up with ``reference`` leaf by leaf (see
+    [`aligned`][jaxrm.tree.aligned]).
 
     Raises:
       ValueError: naming ``argument`` and the first leaf path that differs.
