@@ -278,3 +278,26 @@ def test_bad_input():
         quant.quantized(lambda p, x: x @ p["w"], activations={"v": jnp.float32(1)})(
             {"w": q["layer"]["w"]}, x
         )
+
+
+def test_jrm_file_runs_compressed(tmp_path):
+    from jaxrm import coding
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, ids):
+            return nn.Dense(5)(nn.relu(nn.Dense(32)(nn.Embed(50, 16)(ids))))
+
+    model, ids = Net(), jnp.arange(12).reshape(2, 6)
+    params = model.init(jax.random.key(0), ids)["params"]
+    rng = np.random.default_rng(0)
+    masks = jax.tree.map(lambda x: (rng.random(x.shape) > 0.3) if x.ndim == 2 else None, params)
+    q = quant.uniform(params, 4, axis=[("embedding$", 0), (".*", -1)], group_size=8,
+                      pack=True, masks=masks)
+    coding.save(tmp_path / "m.jrm", q)
+    back = coding.load(tmp_path / "m.jrm", like=q, dequantize=False)
+    assert jax.tree.structure(back) == jax.tree.structure(q)
+    assert back["Embed_0"]["embedding"].packed and back["Embed_0"]["embedding"].mask is not None
+    f = lambda p, x: model.apply({"params": p}, x)
+    np.testing.assert_array_equal(np.asarray(jax.jit(quant.quantized(f))(back, ids)),
+                                  np.asarray(jax.jit(quant.quantized(f))(q, ids)))
