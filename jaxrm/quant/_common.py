@@ -140,6 +140,16 @@ def targets(
     return out
 
 
+def grid_targets(
+    params: Any, where: jtree.Where, bits: Any, axis: Any, stacked: Any, **kw: Any
+) -> list[Target]:
+    """``targets`` for the uniform grids (2 to 16 bits, a per-leaf ``axis``)."""
+    settings = {"axis": (axis, is_axis_like), **kw.pop("settings", {})}
+    return targets(
+        params, where, bits=bits, bits_range=(2, 16), settings=settings, stacked=stacked, **kw
+    )
+
+
 def rebuild(params: Any, where: jtree.Where, new: dict[str, Any]) -> Any:
     """``params`` with the leaves in ``new`` (by path) replaced."""
     return jtree.map_selected(lambda p, x: new.get(p, x), params, where)

@@ -143,15 +143,7 @@ def fake_quant_tree(
       TypeError: ``where`` selects an integer or non-array leaf.
     """
     new = {}
-    for t in _common.targets(
-        params,
-        where,
-        bits=bits,
-        bits_range=(2, 16),
-        finite=False,
-        settings={"axis": (axis, _common.is_axis_like)},
-        stacked=stacked,
-    ):
+    for t in _common.grid_targets(params, where, bits, axis, stacked, finite=False):
         new[t.path] = fake_quant_keep(
             t.leaf,
             t.bits,

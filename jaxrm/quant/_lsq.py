@@ -110,14 +110,7 @@ def lsq(
       ValueError / TypeError: as [`uniform`][jaxrm.quant.uniform] for bits, axis and leaves.
     """
     new = {}
-    for t in _common.targets(
-        params,
-        where,
-        bits=bits,
-        bits_range=(2, 16),
-        settings={"axis": (axis, _common.is_axis_like)},
-        stacked=stacked,
-    ):
+    for t in _common.grid_targets(params, where, bits, axis, stacked):
         ax = _common.check_axis(t.path, t.leaf, t.settings["axis"])
         q = grid(t.bits, True)[1]
         w = jnp.asarray(t.leaf)

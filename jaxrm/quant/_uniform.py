@@ -287,17 +287,8 @@ def uniform(
         raise TypeError(f"pack must be a bool, got {pack!r}")
     mask_of = _common.masks_by_path(params, masks)
     new = {}
-    for t in _common.targets(
-        params,
-        where,
-        bits=bits,
-        bits_range=(2, 16),
-        settings={
-            "axis": (axis, _common.is_axis_like),
-            "group_size": (group_size, _common.is_axis_like),
-        },
-        stacked=stacked,
-    ):
+    group_setting = {"group_size": (group_size, _common.is_axis_like)}
+    for t in _common.grid_targets(params, where, bits, axis, stacked, settings=group_setting):
         ax = _common.check_axis(t.path, t.leaf, t.settings["axis"])
         if ax is not None and ax in t.axes.stacked:
             raise ValueError(f"axis={ax} of leaf {t.path!r} is its stacked axis {t.axes.stacked}")
