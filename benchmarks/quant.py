@@ -96,6 +96,31 @@ def main() -> None:
         if t_sk is not None:
             line += f" {t_sk / t:>17.1f}x | {e / e_sk:>17.6f} |"
         print(line)
+    stacked_vs_separate(args.repeats)
+
+
+def stacked_vs_separate(repeats: int, layers: int = 8, d: int = 256) -> None:
+    """Per-slice handling of one ``(L, d, d)`` stacked leaf against the same L
+    slices as separate leaves (the cost of treating each slice as a layer)."""
+    import os
+
+    x = np.random.default_rng(1).standard_normal((layers, d, d)).astype(np.float32)
+    stacked = {"kernel": x}
+    separate = {f"l{i}": {"kernel": x[i]} for i in range(layers)}
+    print(f"\nper-slice handling, {layers} x {d} x {d}, load {os.getloadavg()}")
+    print(f"| {'step':<26} | {'stacked (s)':>11} | {'separate (s)':>12} | {'ratio':>6} |")
+    print(f"|{'-' * 28}|{'-' * 13}|{'-' * 14}|{'-' * 8}|")
+    cases = {
+        "uniform 8 bit, axis=-1": lambda t, st: quant.uniform(t, 8, axis=-1, stacked=st),
+        "kmeans 4 bit": lambda t, st: quant.kmeans(t, 4, stacked=st),
+    }
+    for name, fn in cases.items():
+        ts = []
+        for _ in range(repeats):  # interleaved, so load changes hit both sides
+            ts.append((best_time(lambda fn=fn: fn(stacked, 0), 1)[0],
+                       best_time(lambda fn=fn: fn(separate, None), 1)[0]))
+        a, b = min(t[0] for t in ts), min(t[1] for t in ts)
+        print(f"| {name:<26} | {a:>11.4f} | {b:>12.4f} | {a / b:>6.2f} |")
 
 
 if __name__ == "__main__":
