@@ -1,34 +1,30 @@
-"""Entropy coding speed and size: jaxrm.coding against dahuffman and constriction.
+"""Entropy coding speed and size: jaxrm.coding next to dahuffman and constriction.
 
-The stream: k-means indices (32 clusters, 5 bits) of a normal 1000x1000 leaf,
-1M symbols. Huffman: jaxrm's canonical Huffman (vectorised numpy) against
-dahuffman (pure Python), encode + decode, and the size of the whole .jrm file
-against dahuffman's bitstream. ANS: jaxrm's interleaved rANS against the
-empirical entropy and, if installed, against constriction's stack ANS coder.
+1. Huffman, 1M symbols (the 5-bit k-means indices of a normal 1000x1000
+   leaf): jaxrm's canonical Huffman against dahuffman (pure Python), encode +
+   decode, stream and whole-file sizes.
+2. rANS at several stream lengths: jaxrm (constriction's coder behind the
+   jaxrm section, table and checks included) against constriction called
+   directly (histogram, model and coder), encode and decode apart.
+3. Many small leaves: 1024 Codebook leaves of 32x32 through ``coding.encode``
+   / ``decode``: time and file bytes over the empirical entropy, per leaf.
 
-Run: python benchmarks/coding.py
+Each table interleaves its contenders round by round (``_harness``), prints
+min and median, a memcpy of the data as the one-memory-pass yardstick, and
+the load average. Run: ``python benchmarks/coding.py [--rounds N] [--big]``.
 """
 
 from __future__ import annotations
 
-import time
+import argparse
 
 import jax.numpy as jnp
 import numpy as np
+from _harness import conditions, memcpy, rounds, table
 
 from jaxrm import coding
 from jaxrm.coding import _ans, _huffman
 from jaxrm.quant._types import Codebook
-
-
-def best_of(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def kmeans_indices(n=1000, k=32, iters=10, seed=0):
@@ -41,90 +37,142 @@ def kmeans_indices(n=1000, k=32, iters=10, seed=0):
         counts = np.bincount(idx, minlength=k)
         cent = np.where(counts > 0, sums / np.maximum(counts, 1), cent)
     idx = np.searchsorted((cent[1:] + cent[:-1]) / 2, flat)
-    return idx.astype(np.int64), cent.astype(np.float32), w.shape
+    return idx.astype(np.uint8), cent.astype(np.float32), w
 
 
-def main():
-    sym, cent, shape = kmeans_indices()
+def entropy_bytes(sym, alphabet=32):
+    c = np.bincount(sym, minlength=alphabet)
+    p = c[c > 0] / len(sym)
+    return float(-(p * np.log2(p)).sum()) * len(sym) / 8
+
+
+def huffman(n_rounds):
+    sym, cent, w = kmeans_indices()
     n = len(sym)
-    counts = np.bincount(sym, minlength=32)
-    p = counts[counts > 0] / n
-    entropy_bytes = float(-(p * np.log2(p)).sum()) * n / 8
-    rows = []
-
-    def huffman():
-        data = _huffman.encode(sym, 32, 5)
-        assert np.array_equal(_huffman.decode(data, n, 32, 5), sym)
-
-    t_h = best_of(huffman, 5)
-    h_bytes = len(_huffman.encode(sym, 32, 5))
-    leaf = Codebook(jnp.asarray(sym.reshape(shape).astype(np.uint8)), jnp.asarray(cent), bits=5)
-    file_bytes = len(coding.encode({"w": leaf}))
-    t_file = best_of(lambda: coding.decode(coding.encode({"w": leaf}))["w"].block_until_ready(), 3)
-
+    print(f"\n-- Huffman, {n:,} symbols, entropy {8 * entropy_bytes(sym) / n:.4f} bits/symbol")
+    data = _huffman.encode(sym, 32, 5)
+    contenders = {
+        "jaxrm Huffman encode+decode": lambda: _huffman.decode(
+            _huffman.encode(sym, 32, 5), n, 32, 5
+        ),
+        "memcpy of the float32 leaf": memcpy([w]),
+    }
+    notes = {}
     try:
         from dahuffman import HuffmanCodec
     except ImportError:
-        HuffmanCodec = None
-    if HuffmanCodec is not None:
+        print("dahuffman is not installed: skipping it")
+    else:
         symbols = sym.tolist()
 
         def dahuff():
             codec = HuffmanCodec.from_data(symbols)
-            assert codec.decode(codec.encode(symbols)) == symbols
+            return codec.decode(codec.encode(symbols))
 
-        t_d = best_of(dahuff, 2)
-        codec = HuffmanCodec.from_data(symbols)
-        d_bytes = len(codec.encode(symbols))
-        rows.append(("Huffman enc+dec (s)", t_h, t_d, t_d / t_h))
-        rows.append(("Huffman stream (bytes)", h_bytes, d_bytes, h_bytes / d_bytes))
-        rows.append((".jrm file (bytes)", file_bytes, d_bytes, file_bytes / d_bytes))
-    else:
-        rows.append(("Huffman enc+dec (s)", t_h, float("nan"), float("nan")))
+        contenders["dahuffman encode+decode"] = dahuff
+        d_bytes = len(HuffmanCodec.from_data(symbols).encode(symbols))
+        notes["dahuffman encode+decode"] = f"stream {d_bytes:,} B"
+    assert np.array_equal(_huffman.decode(data, n, 32, 5), sym)
+    leaf = Codebook(jnp.asarray(sym.reshape(w.shape)), jnp.asarray(cent), bits=5)
+    file_bytes = len(coding.encode({"w": leaf}))
+    notes["jaxrm Huffman encode+decode"] = f"stream {len(data):,} B, .jrm file {file_bytes:,} B"
+    table(rounds(contenders, n_rounds), "jaxrm Huffman encode+decode", notes)
 
-    def ans():
-        data = _ans.encode(sym, 32, 5)
-        assert np.array_equal(_ans.decode(data, n, 32, 5), sym)
 
-    t_a = best_of(ans, 3)
-    a_bytes = len(_ans.encode(sym, 32, 5))
-    rows.append(("rANS stream vs entropy (bytes)", a_bytes, entropy_bytes, a_bytes / entropy_bytes))
+def rans(sizes, n_rounds):
     try:
         import constriction
     except ImportError:
-        constriction = None
-    if constriction is not None:
-        used = np.flatnonzero(counts)
-        model = constriction.stream.model.Categorical(counts[used] / n, perfect=False)
-        dense = np.searchsorted(used, sym).astype(np.int32)
+        print("constriction is not installed: skipping the rANS table")
+        return
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        rans_at(constriction, np.clip(np.round(rng.normal(16, 4, n)), 0, 31).astype(np.uint8),
+                n_rounds)
 
-        def constr():
-            enc = constriction.stream.stack.AnsCoder()
-            enc.encode_reverse(dense, model)
-            dec = constriction.stream.stack.AnsCoder(enc.get_compressed())
-            assert np.array_equal(dec.decode(model, n), dense)
 
-        t_c = best_of(constr, 3)
-        enc = constriction.stream.stack.AnsCoder()
-        enc.encode_reverse(dense, model)
-        c_bytes = enc.get_compressed().nbytes
-        rows.append(("rANS enc+dec (s)", t_a, t_c, t_a / t_c))
-        rows.append(("rANS vs constriction (bytes)", a_bytes, c_bytes, a_bytes / c_bytes))
-    else:
-        rows.append(("rANS enc+dec (s)", t_a, float("nan"), float("nan")))
+def rans_at(constriction, sym, n_rounds):
+    n = len(sym)
+    print(f"\n-- rANS, {n:,} symbols (rounded normal over 32 symbols, "
+          f"entropy {8 * entropy_bytes(sym) / n:.4f} bits/symbol)")
 
-    print(f"1M 5-bit k-means indices, empirical entropy {8 * entropy_bytes / n:.4f} bits/symbol")
-    print(f"full .jrm encode+decode of the Codebook leaf (Huffman): {t_file:.3f} s")
-    print()
-    print(f"| {'measure':32} | {'jaxrm':>12} | {'peer':>12} | {'ratio':>8} |")
-    print(f"|{'-' * 34}|{'-' * 14}:|{'-' * 14}:|{'-' * 10}:|")
-    for name, a, b, r in rows:
-        fa = f"{a:.4f}" if isinstance(a, float) and a < 100 else f"{a:,.0f}"
-        fb = f"{b:.4f}" if isinstance(b, float) and b < 100 else f"{b:,.0f}"
-        print(f"| {name:32} | {fa:>12} | {fb:>12} | {r:8.4f} |")
-    print()
-    print("ratios: time rows are peer/jaxrm for Huffman (speed-up) and jaxrm/peer for rANS;")
-    print("size rows are jaxrm/peer (1.0 = same size).")
+    def c_encode():
+        counts = np.bincount(sym, minlength=32)
+        model = constriction.stream.model.Categorical(counts / n, perfect=False)
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(sym.astype(np.int32), model)
+        return coder.get_compressed(), model
+
+    words, model = c_encode()
+    data = _ans.encode(sym, 32, 5)
+    assert np.array_equal(_ans.decode(data, n, 32, 5), sym)
+    contenders = {
+        "jaxrm rANS encode": lambda: _ans.encode(sym, 32, 5),
+        "constriction encode": c_encode,
+        "jaxrm rANS decode": lambda: _ans.decode(data, n, 32, 5),
+        "constriction decode": lambda: constriction.stream.stack.AnsCoder(words).decode(
+            model, n
+        ),
+        "memcpy of the symbols as float32": memcpy([sym.astype(np.float32)]),
+    }
+    times = rounds(contenders, n_rounds)
+    notes = {
+        "jaxrm rANS encode": f"section {len(data):,} B "
+        f"({len(data) / entropy_bytes(sym):.4f} x entropy)",
+        "constriction encode": f"words {words.nbytes:,} B (no table)",
+    }
+    table(times, "constriction encode", notes, unit=1e-3 if n > 10_000 else 1e-6)
+    for op in ("encode", "decode"):
+        ratio = min(times[f"jaxrm rANS {op}"]) / min(times[f"constriction {op}"])
+        print(f"jaxrm / constriction, {op}: {ratio:.2f}x (min over rounds)")
+
+
+def small_leaves(n_rounds, leaves=1024, side=32):
+    rng = np.random.default_rng(0)
+    cent = np.linspace(-2, 2, 32).astype(np.float32)
+    tree = {}
+    for i in range(leaves):
+        w = rng.normal(size=(side, side))
+        idx = np.abs(w.reshape(-1, 1) - cent).argmin(1).astype(np.uint8).reshape(side, side)
+        tree[f"layer{i}"] = Codebook(jnp.asarray(idx), jnp.asarray(cent), bits=5)
+    ent = sum(entropy_bytes(np.asarray(v.indices).reshape(-1)) for v in tree.values())
+    print(f"\n-- {leaves} Codebook leaves of {side}x{side} (5 bits), per leaf")
+    data = {e: coding.encode(tree, entropy=e) for e in ("huffman", "ans")}
+    contenders = {}
+    notes = {}
+    for e in ("huffman", "ans"):
+        contenders[f"encode ({e})"] = lambda e=e: coding.encode(tree, entropy=e)
+        contenders[f"decode ({e})"] = lambda e=e: coding.decode(data[e])
+        over = (len(data[e]) - ent) / leaves
+        notes[f"encode ({e})"] = f"file {len(data[e]):,} B, {over:.1f} B/leaf over the entropy"
+    # the coders alone, one stream per leaf (what the container adds is its own)
+    streams = [np.asarray(v.indices).reshape(-1) for v in tree.values()]
+    for name, coder in (("huffman", _huffman), ("ans", _ans)):
+        sections = [coder.encode(x, 32, 5) for x in streams]
+        contenders[f"coder only: {name} encode"] = lambda c=coder: [
+            c.encode(x, 32, 5) for x in streams
+        ]
+        contenders[f"coder only: {name} decode"] = lambda c=coder, d=sections: [
+            c.decode(b, side * side, 32, 5) for b in d
+        ]
+        over = (sum(map(len, sections)) - ent) / leaves
+        notes[f"coder only: {name} encode"] = f"{over:.1f} B/stream over the entropy"
+    contenders["memcpy of the indices"] = memcpy(streams)
+    times = rounds(contenders, n_rounds)
+    times = {k: [t / leaves for t in v] for k, v in times.items()}
+    table(times, "encode (huffman)", notes, unit=1e-6)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--big", action="store_true", help="rANS at 10M and 40M symbols too")
+    args = parser.parse_args()
+    conditions("entropy coding: jaxrm.coding, dahuffman, constriction")
+    huffman(max(2, args.rounds // 2))
+    sizes = [1024, 65_536, 1_000_000] + ([10_000_000, 40_000_000] if args.big else [])
+    rans(sizes, args.rounds)
+    small_leaves(max(2, args.rounds // 2))
 
 
 if __name__ == "__main__":

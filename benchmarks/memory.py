@@ -26,6 +26,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _harness import conditions, memcpy, rounds, table
 
 from jaxrm import memory
 
@@ -65,16 +66,6 @@ def batch(n):
     return jax.ShapeDtypeStruct((n, D), F32)
 
 
-def best_time(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def mib(n):
     return f"{n / 2**20:9.2f}"
 
@@ -87,18 +78,27 @@ def policies_table():
         tuple((rng.standard_normal(s.shape, np.float32) * 0.02) for s in ws), dev
     )
     x_time = jax.device_put(rng.standard_normal((TIME_BATCH, D), np.float32), dev)
-    rows = []
+    rows, fns = [], {}
     for p in POLICIES:
         grad_scan = jax.jit(jax.grad(scanned_loss(p)))
         scan_rep = memory.report(grad_scan, ws, batch(MEM_BATCH), residuals=False)
         per_layer = [(jax.ShapeDtypeStruct((D, HIDDEN), F32),
                       jax.ShapeDtypeStruct((HIDDEN, D), F32))] * LAYERS
         unrolled_res = memory.residual_bytes(unrolled_loss(p), per_layer, batch(MEM_BATCH))
-        t = best_time(grad_scan, real_ws, x_time)
-        rows.append((p, scan_rep, unrolled_res, t))
+        fns[p] = lambda f=grad_scan: f(real_ws, x_time)
+        rows.append((p, scan_rep, unrolled_res))
+    # the same policy through plain jax.checkpoint gives the same executable memory
+    body = jax.checkpoint(lambda x, w: (layer(x, w), None),
+                          policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+    peer = jax.jit(jax.grad(lambda ws, x: jnp.mean(jax.lax.scan(body, x, ws)[0] ** 2)))
+    fns["jax.checkpoint(nothing_saveable)"] = lambda: peer(real_ws, x_time)
+    fns["memcpy of the weights"] = memcpy(real_ws)
+    times = rounds(fns, 5)
+    rows = [(p, rep, res, min(times[p])) for p, rep, res in rows]
+    table(times, "none")
     base_t = rows[0][3]
     print(f"16-layer residual MLP, d={D}, hidden={HIDDEN}; memory at batch {MEM_BATCH}, "
-          f"step time at batch {TIME_BATCH} (gradient, scanned)")
+          f"step time at batch {TIME_BATCH} (gradient, scanned; min of 5 interleaved rounds)")
     print(f"{'policy':<14} {'scan temp MiB':>14} {'scan total MiB':>15} "
           f"{'unrolled resid. MiB':>20} {'flops / none':>13} {'step ms':>9} {'time / none':>12}")
     for p, rep, res, t in rows:
@@ -112,12 +112,8 @@ def policies_table():
           f"{'inf' if by['full'][1] == 0 else f'{res_ratio:.2f}'} "
           f"(full keeps {by['full'][1]} bytes besides the arguments; target >= 3)")
 
-    # the same policy through plain jax.checkpoint gives the same executable memory
-    body = jax.checkpoint(lambda x, w: (layer(x, w), None),
-                          policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
-    peer = jax.jit(jax.grad(lambda ws, x: jnp.mean(jax.lax.scan(body, x, ws)[0] ** 2)))
     peer_rep = memory.report(peer, ws, batch(MEM_BATCH), residuals=False)
-    t_peer = best_time(peer, real_ws, x_time)
+    t_peer = min(times["jax.checkpoint(nothing_saveable)"])
     t_ours = rows[-1][3]
     print(f"'full' vs plain jax.checkpoint(nothing_saveable): temp "
           f"{by['full'][0].temp_bytes} vs {peer_rep.temp_bytes} bytes; step "
@@ -161,7 +157,7 @@ def fsdp_table():
 
 
 if __name__ == "__main__":
-    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} devices")
+    conditions(f"memory: remat policies, fit_batch, FSDP ({jax.device_count()} CPU devices)")
     policies_table()
     fit_table()
     fsdp_table()

@@ -2,48 +2,31 @@
 
 1. Global magnitude masks over 20 leaves of 1000x1000 float32 at sparsity 0.9,
    against ``torch.nn.utils.prune.global_unstructured`` (L1Unstructured) on
-   the same weights, and against one numpy pass over the weights (``np.abs``).
+   the same weights, and against one memory pass over the weights (a memcpy
+   into a preallocated buffer).
 2. The cost of a training step with ``sparsify`` (MLP 784-1024-1024-10,
    batch 256, adam, masks recomputed every 10 steps) relative to the dense step.
 
 Run: ``python benchmarks/prune.py`` (``make bench`` runs every benchmark).
-Each timing is the best of several repeats after a warm-up; JAX results are
-waited for with ``block_until_ready``.
+The contenders of each table run interleaved, round by round, in one process
+(``_harness``); min and median are printed with the load average. JAX results
+are waited for with ``block_until_ready``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _harness import Setup, conditions, load, memcpy, rounds, table
 
 from jaxrm import prune
-
-
-def best_of(fn, repeats: int, setup=None) -> float:
-    """Best wall time of ``fn()`` over ``repeats`` runs (after one warm-up)."""
-    arg = setup() if setup else None
-    jax.block_until_ready(fn(arg) if setup else fn())
-    best = float("inf")
-    for _ in range(repeats):
-        arg = setup() if setup else None
-        start = time.perf_counter()
-        jax.block_until_ready(fn(arg) if setup else fn())
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def table(rows, reference: str) -> None:
-    ref = dict((name, t) for name, t, _ in rows)[reference]
-    width = max(len(name) for name, _, _ in rows)
-    print(f"{'':{width}}  {'time (ms)':>10}  {'vs ' + reference:>22}  note")
-    for name, t, note in rows:
-        print(f"{name:{width}}  {t * 1e3:10.1f}  {t / ref:21.2f}x  {note}")
 
 
 def global_masks(repeats: int, leaves: int, size: int, sparsity: float) -> None:
@@ -52,15 +35,15 @@ def global_masks(repeats: int, leaves: int, size: int, sparsity: float) -> None:
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal((size, size), dtype=np.float32) for _ in range(leaves)]
     params = {f"layer{i}": {"kernel": jnp.asarray(w)} for i, w in enumerate(weights)}
-    rows = []
-
+    contenders, notes = {}, {}
     eager = lambda: prune.masks(prune.magnitude(params), sparsity, scope="global")
     jitted_fn = jax.jit(lambda p: prune.masks(prune.magnitude(p), sparsity, scope="global"))
-    jitted = lambda: jitted_fn(params)
-    rows.append(("jaxrm masks (eager)", best_of(eager, repeats), "exact, ties by index"))
-    rows.append(("jaxrm masks (jit)", best_of(jitted, repeats), "same masks"))
-    rows.append(("numpy: one np.abs pass", best_of(lambda: [np.abs(w) for w in weights],
-                                                   repeats), "lower bound"))
+    contenders["jaxrm masks (eager)"] = eager
+    notes["jaxrm masks (eager)"] = "exact, ties by index"
+    contenders["jaxrm masks (jit)"] = lambda: jitted_fn(params)
+    notes["jaxrm masks (jit)"] = "same masks"
+    contenders["memcpy of the weights"] = memcpy(weights)
+    notes["memcpy of the weights"] = "one memory pass"
     ours = eager()
     kept = sum(int(np.asarray(m["kernel"]).sum()) for m in ours.values())
     assert kept == round((1 - sparsity) * leaves * size * size), kept
@@ -89,15 +72,15 @@ def global_masks(repeats: int, leaves: int, size: int, sparsity: float) -> None:
             )
             return mods
 
-        t = best_of(run_torch, max(2, repeats // 2), setup=modules)
         mods = run_torch(modules())
         same = all(
             np.array_equal(m.weight_mask.numpy().astype(bool),
                            np.asarray(ours[f"layer{i}"]["kernel"]))
             for i, m in enumerate(mods)
         )
-        rows.append((f"torch {torch.__version__} global_unstructured", t,
-                     f"masks identical: {same}"))
+        name = f"torch {torch.__version__} global_unstructured"
+        contenders[name] = Setup(modules, run_torch)
+        notes[name] = f"masks identical: {same}"
 
     try:
         import jaxpruner
@@ -112,19 +95,20 @@ def global_masks(repeats: int, leaves: int, size: int, sparsity: float) -> None:
                     jaxpruner.sparsity_distributions.uniform, sparsity=sparsity
                 )
             )
-            run_jp = lambda: pruner.instant_sparsify(params)[1]
-            rows.append(("jaxpruner GlobalMagnitudePruning", best_of(run_jp, repeats),
-                         "instant_sparsify"))
+            contenders["jaxpruner GlobalMagnitudePruning"] = (
+                lambda: pruner.instant_sparsify(params)[1]
+            )
+            notes["jaxpruner GlobalMagnitudePruning"] = "instant_sparsify"
         except Exception as e:  # its API has changed between releases
             print(f"jaxpruner could not be timed: {type(e).__name__}: {e}")
 
-    table(rows, "jaxrm masks (eager)")
-    t_ours = min(t for n, t, _ in rows if n.startswith("jaxrm"))
-    t_np = dict((n, t) for n, t, _ in rows)["numpy: one np.abs pass"]
-    print(f"jaxrm / numpy pass: {t_ours / t_np:.2f}x")
-    for n, t, _ in rows:
+    times = rounds(contenders, repeats)
+    table(times, "jaxrm masks (eager)", notes)
+    t_ours = min(min(t) for n, t in times.items() if n.startswith("jaxrm"))
+    print(f"jaxrm / memcpy (min): {t_ours / min(times['memcpy of the weights']):.2f}x")
+    for n, t in times.items():
         if n.startswith("torch"):
-            print(f"torch / jaxrm: {t / t_ours:.1f}x faster")
+            print(f"torch / jaxrm (min): {min(t) / t_ours:.1f}x")
     print()
 
 
@@ -180,19 +164,9 @@ def train_step_overhead(repeats: int, steps: int, batch: int, every: int) -> Non
     sparse = make(prune.sparsify(optax.adam(1e-3), prune.polynomial(0.9, 0, 10 * steps,
                                                                     every=every),
                                  every=every))
-    # Interleave the two so that both see the same machine load.
-    best_dense, best_sparse = float("inf"), float("inf")
-    jax.block_until_ready(dense())
-    jax.block_until_ready(sparse())
-    for _ in range(repeats):
-        best_dense = min(best_dense, best_of(dense, 1))
-        best_sparse = min(best_sparse, best_of(sparse, 1))
-    rows = [
-        ("dense adam step", best_dense / steps, ""),
-        ("sparsify(adam) step", best_sparse / steps, f"mean over {steps} steps"),
-    ]
-    table(rows, "dense adam step")
-    print(f"sparsify step / dense step: {best_sparse / best_dense:.3f}x")
+    times = rounds({"dense adam step": dense, "sparsify(adam) step": sparse}, repeats)
+    times = {k: [t / steps for t in v] for k, v in times.items()}
+    table(times, "dense adam step", {"sparsify(adam) step": f"mean over {steps} steps"})
 
     # Steps one by one: what a mask refresh costs over a plain step.
     sparse_tx = prune.sparsify(optax.adam(1e-3), prune.constant(0.9), every=every)
@@ -226,7 +200,47 @@ def train_step_overhead(repeats: int, steps: int, batch: int, every: int) -> Non
           f"sparsify refresh {med(refresh):.1f} ms")
     amortized = (med(plain) * (every - 1) + med(refresh)) / every
     print(f"sparsify mean over a refresh period / dense (medians): "
-          f"{amortized / med(dense_times):.3f}x")
+          f"{amortized / med(dense_times):.3f}x; {load()}")
+    print()
+
+
+def per_slice_ratio(n_rounds: int, layers: int, size: int, sparsity: float) -> None:
+    """``scope="layer"`` masks of one (L, d, d) stacked kernel against the same L slices as
+    separate leaves: the cost of per-slice handling (eager and jit), interleaved round by
+    round, with a memcpy into a preallocated buffer as the one-memory-pass yardstick."""
+    print(f"== per-slice masks: stacked ({layers}, {size}, {size}) vs {layers} leaves of "
+          f"({size}, {size}), sparsity {sparsity}; load average {os.getloadavg()}")
+    rng = np.random.default_rng(0)
+    w = np.abs(rng.standard_normal((layers, size, size), dtype=np.float32))
+    stacked = {"layers": {"Dense_0": {"kernel": jnp.asarray(w)}}}
+    apart = {f"l{i}": {"kernel": jnp.asarray(w[i])} for i in range(layers)}
+    jit_stacked = jax.jit(lambda t: prune.masks(t, sparsity))
+    jit_apart = jax.jit(lambda t: prune.masks(t, sparsity))
+    buf = np.empty_like(w)
+    cases = {
+        "stacked (eager)": lambda: prune.masks(stacked, sparsity),
+        "separate (eager)": lambda: prune.masks(apart, sparsity),
+        "stacked (jit)": lambda: jit_stacked(stacked),
+        "separate (jit)": lambda: jit_apart(apart),
+        "memcpy": lambda: np.copyto(buf, w),
+    }
+    got = np.asarray(cases["stacked (eager)"]()["layers"]["Dense_0"]["kernel"])
+    want = [np.asarray(cases["separate (eager)"]()[f"l{i}"]["kernel"]) for i in range(layers)]
+    np.testing.assert_array_equal(got, np.stack(want))  # the same masks, slice by slice
+    times = {name: [] for name in cases}
+    for fn in cases.values():
+        jax.block_until_ready(fn())
+    for _ in range(n_rounds):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        print(f"  {name:18} min {min(ts) * 1e3:8.1f} ms  median {np.median(ts) * 1e3:8.1f} ms")
+    for mode in ("eager", "jit"):
+        a, b = times[f"stacked ({mode})"], times[f"separate ({mode})"]
+        print(f"  stacked / separate ({mode}): min {min(a) / min(b):.2f}x, "
+              f"median {np.median(a) / np.median(b):.2f}x")
     print()
 
 
@@ -236,10 +250,15 @@ def main() -> None:
     parser.add_argument("--leaves", type=int, default=20)
     parser.add_argument("--size", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--only-slices", action="store_true", help="only the per-slice ratio")
     args = parser.parse_args()
-    print(f"jax {jax.__version__} on {jax.default_backend()}")
+    conditions("pruning: jaxrm.prune, torch.nn.utils.prune, jaxpruner")
+    if args.only_slices:
+        per_slice_ratio(args.repeats, 12, 768, 0.9)
+        return
     global_masks(args.repeats, args.leaves, args.size, 0.9)
     train_step_overhead(args.repeats, args.steps, 256, 10)
+    per_slice_ratio(args.repeats, 12, 768, 0.9)
 
 
 if __name__ == "__main__":

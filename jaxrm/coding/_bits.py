@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ByteReader", "FormatError", "bit_width", "pack_fixed", "unpack_fixed"]
+__all__ = [
+    "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_fixed", "unpack_fixed",
+    "varint",
+]
 
 # Symbols are processed in chunks so that the (n, width) bit matrix stays small.
 _CHUNK = 1 << 20
+_SMALL = 64  # pack and unpack this few integers with Python ints
 
 
 class FormatError(ValueError):
@@ -32,6 +36,12 @@ def pack_fixed(symbols: np.ndarray, width: int) -> bytes:
         return b""
     if not 1 <= width <= 32:
         raise ValueError(f"width must be in [1, 32], got {width}")
+    if symbols.size <= _SMALL:  # tables of small streams: numpy's call overheads dominate
+        big = 0
+        for v in symbols.tolist():
+            big = (big << width) | v
+        nbits = symbols.size * width
+        return (big << (-nbits % 8)).to_bytes(-(-nbits // 8), "big")
     shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
     parts = []
     for start in range(0, symbols.size, _CHUNK):  # _CHUNK is a multiple of 8
@@ -50,6 +60,12 @@ def unpack_fixed(data: bytes | memoryview, count: int, width: int) -> np.ndarray
     raw = np.frombuffer(data, np.uint8)
     if raw.size * 8 < count * width:
         raise FormatError("fixed-width stream is shorter than its symbol count")
+    if count <= _SMALL:
+        nbits = count * width
+        big = int.from_bytes(raw[: -(-nbits // 8)].tobytes(), "big") >> (-nbits % 8)
+        top = (1 << width) - 1
+        vals = [(big >> (width * i)) & top for i in range(count - 1, -1, -1)]
+        return np.asarray(vals, np.uint32)
     weights = (np.uint64(1) << np.arange(width - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
     out = np.empty(count, np.uint32)
     for start in range(0, count, _CHUNK):
@@ -85,6 +101,47 @@ class ByteReader:
     def uint(self, nbytes: int) -> int:
         return int.from_bytes(self.take(nbytes), "little")
 
+    def varint(self, limit: int) -> int:
+        """Reads a LEB128 integer, refusing values above ``limit``."""
+        x = shift = 0
+        while True:
+            byte = self.uint(1)
+            x |= (byte & 0x7F) << shift
+            if x > limit:
+                raise FormatError(f"integer at offset {self.pos} exceeds {limit}")
+            if not byte & 0x80:
+                return x
+            shift += 7
+
     def end(self) -> None:
         if self.remaining():
             raise FormatError(f"{self.remaining()} unexpected trailing bytes")
+
+
+def chunks(n: int, size: int = _CHUNK):
+    """``(start, stop)`` pairs covering ``range(n)`` in pieces of ``size``."""
+    return ((s, min(s + size, n)) for s in range(0, n, size))
+
+
+def histogram(sym: np.ndarray, alphabet: int) -> np.ndarray:
+    """``np.bincount`` of ``sym`` with ``minlength=alphabet``, piece by piece.
+
+    ``np.bincount`` converts its input to ``intp`` first (8 bytes a symbol);
+    pieces keep that copy small.
+    """
+    if len(sym) <= _CHUNK:
+        return np.bincount(sym, minlength=alphabet)[:alphabet].astype(np.int64, copy=False)
+    counts = np.zeros(alphabet, np.int64)
+    for s, e in chunks(len(sym)):
+        counts += np.bincount(sym[s:e], minlength=alphabet)[:alphabet]
+    return counts
+
+
+def varint(x: int) -> bytes:
+    """``x >= 0`` in LEB128: 7 bits a byte, low bits first."""
+    out = bytearray()
+    while True:
+        byte, x = x & 0x7F, x >> 7
+        out.append(byte | (0x80 if x else 0))
+        if not x:
+            return bytes(out)

@@ -25,13 +25,25 @@ import heapq
 
 import numpy as np
 
-from jaxrm.coding._bits import ByteReader, FormatError, bit_width, pack_fixed, unpack_fixed
+from jaxrm.coding._bits import (
+    ByteReader,
+    FormatError,
+    bit_width,
+    chunks,
+    histogram,
+    pack_fixed,
+    unpack_fixed,
+)
 
-__all__ = ["MAX_LEN", "code_lengths", "canonical_codes", "decode", "encode"]
+__all__ = [
+    "MAX_LEN", "MAX_STEPS", "canonical_codes", "code_lengths", "decode", "encode", "lane_layout",
+]
 
 MAX_LEN = 20  # longest code; windows of MAX_LEN + 7 bits fit a uint32
 MAX_STEPS = 1024  # symbols per lane: bounds the decoder's Python loop
 _LANE_BUDGET = 0.004  # lane offsets may cost this fraction of the payload
+_CHAIN_MAX = 1 << 14  # streams up to this long decode by a walk (no per-step numpy calls)
+_PIECE = 1 << 18  # symbols encoded at a time: bounds the per-symbol temporaries
 
 
 def _huffman_depths(counts: np.ndarray) -> np.ndarray:
@@ -116,29 +128,37 @@ def canonical_codes(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return codes, order, lmax
 
 
-def _pack_stream(sym: np.ndarray, lens: np.ndarray, codes: np.ndarray):
-    """ORs the codes of ``sym`` into an MSB-first bit string; returns (bytes, ends)."""
-    ln = lens[sym]
-    ends = np.cumsum(ln)
-    total = int(ends[-1]) if len(ends) else 0
-    if total == 0:
-        return b"", ends
-    # each code left-aligned in a 64-bit word, then shifted to its bit offset
-    aligned = np.where(lens > 0, codes << (64 - np.maximum(lens, 1)).astype(np.uint64), 0)
-    v = aligned.astype(np.uint64)[sym]
+def _or_codes(words, sym, ln, ends, aligned) -> None:
+    """ORs the codes of one piece of symbols into ``words`` at their bit offsets."""
     starts = ends - ln
+    v = aligned[sym]
     offset = (starts & 63).astype(np.uint64)
-    first = v >> offset
-    # codes are at most MAX_LEN < 64 bits long, so a symbol starts in every
-    # word but perhaps the last, which may hold only the tail of a spilled code
-    group = np.searchsorted(starts, np.arange(0, total, 64))
-    words = np.zeros(len(group), np.uint64)
-    nstart = int(np.count_nonzero(group < len(sym)))
-    words[:nstart] = np.bitwise_or.reduceat(first, group[:nstart])
-    spill = np.flatnonzero(starts & 63 > 64 - ln)
+    word = starts >> 6
+    # codes are at most MAX_LEN < 64 bits long, so a code starts in every word
+    # of a piece but perhaps the last, which may hold only a spilled tail
+    first = np.empty(len(word), bool)
+    first[0] = True
+    np.not_equal(word[1:], word[:-1], out=first[1:])
+    group = np.flatnonzero(first)
+    words[word[group]] |= np.bitwise_or.reduceat(v >> offset, group)
+    spill = np.flatnonzero(offset + ln.astype(np.uint64) > 64)
     if len(spill):
-        words[(starts[spill] >> 6) + 1] |= v[spill] << (np.uint64(64) - offset[spill])
-    return words.astype(">u8").tobytes()[: (total + 7) // 8], ends
+        words[word[spill] + 1] |= v[spill] << (np.uint64(64) - offset[spill])
+
+
+def lane_layout(n: int, total_bits: int) -> tuple[int, int]:
+    """``(lanes, symbols per lane)`` of a stream of ``n`` symbols and ``total_bits``.
+
+    Lanes of at most ``MAX_STEPS`` symbols, and enough of them that the
+    lane-parallel decoder's steps stay few, as long as their stored bit lengths
+    (about 12 bits each) cost at most ``_LANE_BUDGET`` of the payload. The
+    count is normalised to ``ceil(n / k)``, which the decoder checks.
+    """
+    if not total_bits:
+        return 1, max(n, 1)
+    lanes = min(max(1, -(-n // MAX_STEPS), int(_LANE_BUDGET * total_bits / 12)), n)
+    k = -(-n // lanes)
+    return -(-n // k), k
 
 
 def _table(lengths: np.ndarray, width: int, counts: np.ndarray) -> bytes:
@@ -158,21 +178,47 @@ def _table(lengths: np.ndarray, width: int, counts: np.ndarray) -> bytes:
     )
 
 
-def encode(sym: np.ndarray, alphabet: int, width: int) -> bytes:
-    """Huffman-codes ``sym`` (integers in ``[0, alphabet)``) into a section."""
-    sym = np.asarray(sym, np.int64).reshape(-1)
+def encode(
+    sym: np.ndarray, alphabet: int, width: int, *, counts: np.ndarray | None = None
+) -> bytes:
+    """Huffman-codes ``sym`` (integers in ``[0, alphabet)``) into a section.
+
+    Args:
+      sym: the symbols, any integer dtype (processed in pieces, never copied whole).
+      alphabet: symbols lie in ``[0, alphabet)``.
+      width: bits of a symbol, ``bit_width(alphabet - 1)``.
+      counts: ``np.bincount(sym, minlength=alphabet)`` when the caller has it.
+
+    Returns:
+      The section's bytes.
+    """
+    sym = np.asarray(sym).reshape(-1)
     n = len(sym)
-    counts = np.bincount(sym, minlength=alphabet)
+    if counts is None:
+        counts = histogram(sym, alphabet)
     lengths = code_lengths(counts)
     codes, _, _ = canonical_codes(lengths)
-    payload, ends = _pack_stream(sym, lengths, codes)
-    total = int(ends[-1]) if n else 0
-    lanes = max(1, -(-n // MAX_STEPS), int(_LANE_BUDGET * total / 12)) if total else 1
-    lanes = min(lanes, max(n, 1))
-    k = -(-n // lanes) if n else 1
-    lanes = -(-n // k) if n else 1
-    lane_bits = np.diff(np.concatenate([[0], ends[k - 1 :: k][: lanes - 1]])) if n else []
-    lane_bits = np.asarray(lane_bits, np.int64)
+    total = int((counts * lengths).sum())
+    lanes, k = lane_layout(n, total)
+    words = np.zeros(total // 64 + 2, np.uint64)
+    lane_ends = np.zeros(lanes, np.int64)
+    if total:
+        # each code left-aligned in a 64-bit word, then shifted to its bit offset
+        aligned = np.where(lengths > 0, codes << (64 - np.maximum(lengths, 1)).astype(np.uint64), 0)
+        aligned = aligned.astype(np.uint64)
+        lens = lengths.astype(np.uint8)
+        bit = 0
+        for s, e in chunks(n, max(k, _PIECE // k * k)):  # whole lanes per piece
+            piece = sym[s:e]
+            ln = lens[piece]
+            ends = np.cumsum(ln, dtype=np.int64)
+            ends += bit
+            _or_codes(words, piece, ln, ends, aligned)
+            full = ends[k - 1 :: k]  # the last lane's end is not stored
+            lane_ends[s // k : s // k + len(full)] = full
+            bit = int(ends[-1])
+    lane_bits = lane_ends[: lanes - 1].copy()
+    lane_bits[1:] -= lane_ends[: lanes - 2]
     base = int(lane_bits.min()) if len(lane_bits) else 0
     ow = bit_width(int(lane_bits.max()) - base) if len(lane_bits) else 0
     head = (
@@ -183,7 +229,8 @@ def encode(sym: np.ndarray, alphabet: int, width: int) -> bytes:
         + pack_fixed(lane_bits - base, ow)
         + bytes([(-total) % 8])
     )
-    return head + payload
+    words.byteswap(inplace=True)  # MSB first
+    return b"".join((head, words.view(np.uint8)[: -(-total // 8)]))
 
 
 def _read_lengths(r: ByteReader, alphabet: int, width: int) -> tuple[np.ndarray, int | None]:
@@ -251,20 +298,73 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     if starts[-1] > total:
         raise FormatError("Huffman lane lengths exceed the payload")
     ends = np.concatenate([starts[1:], [total]])
-    table = (np.repeat(order, span) << 5) | np.repeat(lengths[order], span)
-    buf = np.frombuffer(bytes(payload) + b"\x00\x00\x00\x00", np.uint8).astype(np.uint32)
-    win = (buf[:-3] << 24) | (buf[1:-2] << 16) | (buf[2:-1] << 8) | buf[3:]
-    win = win.astype(np.int64)
-    mask = (1 << lmax) - 1
+    table = ((np.repeat(order, span) << 5) | np.repeat(lengths[order], span)).astype(np.uint32)
+    win = _windows(payload)
+    if count <= _CHAIN_MAX:
+        out = _walk(win, table, lmax, count, total)
+        ln = out & 31
+        ends = np.cumsum(ln, dtype=np.int64)
+        if not np.array_equal(ends[k - 1 :: k][: lanes - 1], starts[1:]) or ends[-1] != total:
+            raise FormatError("Huffman lanes do not end where their lengths say")
+        return np.right_shift(out, 5, out=out)
+    return _lockstep(win, table, lmax, count, lanes, k, starts, ends)
+
+
+def _windows(payload: memoryview) -> np.ndarray:
+    """``win[i]``: the 32 bits from byte ``i`` on (zeros past the end), MSB first."""
+    b = np.frombuffer(payload, np.uint8)
+    win = np.zeros(len(b), np.uint32)
+    for s, e in chunks(len(b)):
+        w = win[s:e]
+        for j in range(4):  # byte i + j into bits 24 - 8j..31 - 8j
+            part = b[s + j : e + j].astype(np.uint32)
+            part <<= np.uint32(24 - 8 * j)
+            w[: len(part)] |= part
+    return win
+
+
+def _walk(win, table, lmax, count, total) -> np.ndarray:
+    """Decodes a small stream by a Python walk over a table of every bit position.
+
+    One numpy pass decodes the code starting at each bit, then the walk hops
+    from code to code: about 0.1 us a symbol with no per-step numpy calls.
+    """
+    p = np.arange(total, dtype=np.int64)
+    at = table[(win[p >> 3] >> (32 - lmax - (p & 7)).astype(np.uint32)) & ((1 << lmax) - 1)]
+    at = at.tolist()
+    out = [0] * count
+    pos = 0
+    try:
+        for i in range(count):
+            out[i] = e = at[pos]
+            pos += e & 31
+    except IndexError:
+        raise FormatError("Huffman stream ends inside a code") from None
+    return np.asarray(out, np.uint32)
+
+
+def _lockstep(win, table, lmax, count, lanes, k, starts, ends) -> np.ndarray:
+    """Decodes all lanes together, one numpy step per symbol of a lane."""
+    mask = np.uint32((1 << lmax) - 1)
     top = 32 - lmax
-    out = np.empty((k, lanes), np.int64)
+    out = np.empty((k, lanes), np.uint32)
     last = count - (lanes - 1) * k  # symbols in the last lane
     pos = starts.copy()
-    for t in range(k):
-        p = pos if t < last else pos[:-1]
-        e = table[(win[p >> 3] >> (top - (p & 7))) & mask]
-        out[t, : len(p)] = e
-        p += e & 31
+    try:
+        for t in range(k):
+            p = pos if t < last else pos[:-1]
+            sh = (top - (p & 7)).astype(np.uint32)
+            e = table[(win[p >> 3] >> sh) & mask]
+            out[t, : len(p)] = e
+            p += e & 31
+    except IndexError:  # a lane ran past the payload
+        raise FormatError("Huffman lanes do not end where their lengths say") from None
     if not np.array_equal(pos, ends):
         raise FormatError("Huffman lanes do not end where their lengths say")
-    return (out.T.reshape(-1)[:count] >> 5).astype(np.uint32)
+    res = np.empty(count, np.uint32)
+    full = res[: (lanes - 1) * k].reshape(lanes - 1, k)
+    group = max(1, _PIECE // k)
+    for g, h in chunks(lanes - 1, group):  # transposed a group of lanes at a time
+        np.right_shift(out[:, g:h].T, 5, out=full[g:h])
+    np.right_shift(out[:last, -1], 5, out=res[(lanes - 1) * k :])
+    return res

@@ -2,7 +2,7 @@
 
 Each returns a pytree of the parameters' structure with a Python float at
 each selected leaf and ``None`` elsewhere, to pass as ``sparsity=`` to
-[`jaxrm.prune.masks`][jaxrm.prune.masks].
+[jaxrm.prune.masks][].
 """
 
 from __future__ import annotations
@@ -10,32 +10,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import jax
-
+from jaxrm import _checks
 from jaxrm import tree as jtree
-from jaxrm.prune import _masks
+from jaxrm.prune import _leaves
 
 __all__ = ["erk", "uniform"]
 
 
-def _picked(params: Any, where) -> tuple[list, list[int]]:
-    return _masks._selected_leaves(params, where, None)
-
-
-def _tree(params: Any, flat: list, picked: list[int], values: list[float]) -> Any:
-    leaves = [None] * len(flat)
-    for i, v in zip(picked, values):
-        leaves[i] = v
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
-
-
 def uniform(params: Any, sparsity: float, *, where: jtree.Where = None) -> Any:
-    """The same sparsity for every selected leaf.
+    """The same sparsity for every selected leaf (and every slice of a stacked one).
 
     Args:
       params: any parameter pytree (only shapes and dtypes are read).
       sparsity: a float in ``[0, 1)``.
-      where: the leaves to prune (default [`jaxrm.tree.weights`][jaxrm.tree.weights]).
+      where: the leaves to prune (default [jaxrm.tree.weights][]).
 
     Returns:
       A pytree of the params' structure: ``sparsity`` at selected leaves,
@@ -45,13 +33,18 @@ def uniform(params: Any, sparsity: float, *, where: jtree.Where = None) -> Any:
       ValueError: ``sparsity`` outside ``[0, 1)`` or ``where`` selects nothing.
       TypeError: ``sparsity`` is not a number or a selected leaf is not floating.
     """
-    s = _masks.check_sparsity(sparsity)
-    flat, picked = _picked(params, where)
-    return _tree(params, flat, picked, [float(s)] * len(picked))
+    s = float(_leaves.check_sparsity(sparsity))
+    p = _leaves.plan(params, where)
+    return p.tree([s] * len(p.picked))
 
 
 def erk(
-    params: Any, sparsity: float, *, where: jtree.Where = None, power: float = 1.0
+    params: Any,
+    sparsity: float,
+    *,
+    where: jtree.Where = None,
+    power: float = 1.0,
+    stacked: Any = None,
 ) -> Any:
     """Erdos-Renyi-Kernel sparsities (Evci et al. 2020, RigL).
 
@@ -59,30 +52,39 @@ def erk(
     with ``eps`` chosen so that the selected leaves together keep
     ``(1 - sparsity)`` of their entries. A leaf whose density would exceed 1
     is made dense (sparsity 0) and ``eps`` is solved again for the others,
-    as in the reference implementation.
+    as in the reference implementation. Each slice of a stacked leaf is a
+    layer of its own shape (so a scanned ``(L, d_in, d_out)`` kernel gets the
+    density of a ``(d_in, d_out)`` layer, not that of a 3-D tensor).
 
     Args:
       params: any parameter pytree (only shapes and dtypes are read).
       sparsity: the overall sparsity of the selected leaves, in ``[0, 1)``.
-      where: the leaves to prune (default [`jaxrm.tree.weights`][jaxrm.tree.weights]).
-      power: the ERK power scale (1: ERK; 0: uniform).
+      where: the leaves to prune (default [jaxrm.tree.weights][]).
+      power: the ERK power scale (1: ERK; 0: uniform), a finite float ``>= 0``.
+      stacked: per-leaf stacked axes (see [jaxrm.tree.layouts][]).
 
     Returns:
       A pytree of the params' structure: a float sparsity at each selected
       leaf, ``None`` elsewhere.
 
     Raises:
-      ValueError: ``sparsity`` outside ``[0, 1)``, a negative ``power``, or
-        ``where`` selects nothing.
-      TypeError: ``sparsity`` is not a number or a selected leaf is not floating.
+      ValueError: ``sparsity`` outside ``[0, 1)``, a negative, NaN or infinite
+        ``power``, or ``where`` selects nothing.
+      TypeError: ``sparsity`` or ``power`` is not a number, or a selected leaf
+        is not floating.
     """
-    s = float(_masks.check_sparsity(sparsity))
-    if isinstance(power, bool) or not isinstance(power, int | float) or power < 0:
-        raise ValueError(f"power must be a float >= 0, got {power!r}")
-    flat, picked = _picked(params, where)
-    shapes = [tuple(flat[i][1].shape) for i in picked]
-    sizes = [math.prod(sh) for sh in shapes]
-    raw = [(sum(sh) / math.prod(sh)) ** power if math.prod(sh) else 0.0 for sh in shapes]
+    s = float(_leaves.check_sparsity(sparsity))
+    power = _checks.real(power, "power", minimum=0)
+    p = _leaves.plan(params, where, stacked=stacked)
+    shapes = [lay.slice_shape for lay in p.layouts]
+    sizes = [math.prod(lay.shape) for lay in p.layouts]
+    # (sum d / prod d) ** power, divided by the largest of them (in log space, so a large
+    # power cannot overflow; eps absorbs the common factor).
+    logs = [power * (math.log(sum(sh)) - math.log(math.prod(sh))) if math.prod(sh) and sum(sh)
+            else None
+            for sh in shapes]
+    top_log = max((v for v in logs if v is not None), default=0.0)
+    raw = [0.0 if v is None else math.exp(v - top_log) for v in logs]
     dense: set[int] = set()
     while True:
         budget, divisor = 0.0, 0.0
@@ -105,4 +107,4 @@ def erk(
         0.0 if j in dense else min(max(1.0 - eps * raw[j], 0.0), math.nextafter(1.0, 0.0))
         for j in range(len(sizes))
     ]
-    return _tree(params, flat, picked, values)
+    return p.tree(values)

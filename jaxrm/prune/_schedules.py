@@ -8,14 +8,13 @@ made, so a bad schedule fails before training starts.
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxrm.prune import _masks
+from jaxrm import _checks
+from jaxrm.prune import _leaves
 
 __all__ = ["Schedule", "constant", "iterative", "one_shot", "polynomial"]
 
@@ -23,15 +22,11 @@ Schedule = Callable[[int | jax.Array], jax.Array]
 
 
 def _step_arg(value, argument: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{argument} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{argument} must be >= {minimum}, got {value}")
-    return int(value)
+    return _checks.integer(value, argument, minimum=minimum)
 
 
 def _sparsity_arg(value, argument: str) -> float:
-    return float(_masks.check_sparsity(value, argument))
+    return float(_leaves.check_sparsity(value, argument))
 
 
 def constant(sparsity: float) -> Schedule:
@@ -116,10 +111,7 @@ def polynomial(
     if end < begin:
         raise ValueError(f"end must be >= begin={begin}, got end={end}")
     every = _step_arg(every, "every", minimum=1)
-    if isinstance(power, bool) or not isinstance(power, numbers.Real):
-        raise TypeError(f"power must be a float, got {type(power).__name__}")
-    if not (math.isfinite(power) and power > 0):
-        raise ValueError(f"power must be a finite float > 0, got {power}")
+    power = _checks.real(power, "power", above=0)
     span = max(end - begin, 1)
 
     def schedule(step):

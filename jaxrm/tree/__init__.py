@@ -13,6 +13,7 @@ to the leaf joined by ``/`` (``"Dense_0/kernel"``, ``"layers/3/attn/q"``); the
   layers, which are output channels and which are contracted.
 """
 
+from jaxrm.tree._flat import Flat, flatten
 from jaxrm.tree._infer import STACKED_NAMES, layouts
 from jaxrm.tree._layout import Layout
 from jaxrm.tree._paths import (
@@ -39,6 +40,7 @@ from jaxrm.tree._settings import NO_DEFAULT, Rules, resolve, resolve_tree
 
 __all__ = [
     "NO_DEFAULT",
+    "Flat",
     "STACKED_NAMES",
     "Layout",
     "Rules",
@@ -48,6 +50,7 @@ __all__ = [
     "check_matches",
     "compile_path_regex",
     "count",
+    "flatten",
     "is_array",
     "layouts",
     "leaves_with_paths",

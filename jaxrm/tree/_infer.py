@@ -23,9 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxrm import _checks
-from jaxrm.tree._frameworks import LeafInfo, leaf_info
+from jaxrm.tree._flat import flatten
+from jaxrm.tree._frameworks import LeafInfo
 from jaxrm.tree._layout import Layout
-from jaxrm.tree._paths import is_array, leaves_with_paths
+from jaxrm.tree._paths import is_array
 from jaxrm.tree._select import is_weight_name
 from jaxrm.tree._settings import resolve
 
@@ -166,16 +167,20 @@ def layouts(
     stacked: Any = None,
     layout: Any = None,
     is_leaf: Callable[[Any], bool] | None = None,
+    only: Any = None,
 ) -> list[Layout | None]:
     """The [jaxrm.tree.Layout][] of every leaf, in flattening order.
 
     Args:
-      tree: any parameter pytree; Flax boxes (``nn.Partitioned``, NNX
-        variables) and Equinox modules in it are read for metadata.
+      tree: any parameter pytree (or a [jaxrm.tree.Flat][] of it); Flax
+        boxes (``nn.Partitioned``, NNX variables) and Equinox modules in it
+        are read for metadata.
       stacked: per-leaf setting of stacked axes: ``None`` (infer), an int,
         or a tuple of ints (``()``: not stacked); see [jaxrm.tree.resolve][].
       layout: per-leaf setting of ``Layout`` overrides (``None``: infer).
       is_leaf: passed to the flattening (e.g. ``quant.is_quantized``).
+      only: one bool per leaf; leaves marked ``False`` get ``None`` (settings
+        are not consulted for them).
 
     Returns:
       One ``Layout`` per array leaf, ``None`` for other leaves.
@@ -187,16 +192,17 @@ def layouts(
       TypeError: a ``stacked`` entry that is not an int or a tuple of ints, or a
         ``layout`` entry that is not a ``Layout``.
     """
-    flat = leaves_with_paths(tree, is_leaf=is_leaf)
-    info = leaf_info(tree, is_leaf)
-    st = resolve(stacked, tree, argument="stacked", is_scalar=_is_stacked_value,
-                 is_leaf=is_leaf, default=None)
-    lo = resolve(layout, tree, argument="layout",
-                 is_scalar=lambda v: v is None or isinstance(v, Layout),
-                 is_leaf=is_leaf, default=None)
+    fl = flatten(tree, is_leaf)
+    info = fl.info
+    wanted = [True] * len(fl) if only is None else list(only)
+    st = resolve(stacked, fl, argument="stacked", is_scalar=_is_stacked_value,
+                 default=None, only=wanted)
+    lo = resolve(layout, fl, argument="layout",
+                 is_scalar=lambda v: v is None or isinstance(v, Layout), default=None,
+                 only=wanted)
     out: list[Layout | None] = []
-    for (path, leaf), s, given in zip(flat, st, lo):
-        if not is_array(leaf):
+    for (path, leaf), s, given, w in zip(fl.items(), st, lo, wanted):
+        if not w or not is_array(leaf):
             out.append(None)
             continue
         out.append(_one(path, tuple(leaf.shape), info.get(path), s, given))

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxrm.tree._flat import Flat
 from jaxrm.tree._frameworks import EQX_NORM_MODULES, EQX_WEIGHT_MODULES, leaf_info
 from jaxrm.tree._paths import compile_path_regex, is_array, leaves_with_paths, paths
 
@@ -102,7 +103,7 @@ def arrays(path: str, leaf: Any) -> bool:
 
 def _weights_in(tree: Any, is_leaf=None) -> Callable[[str, Any], bool]:
     """[weights][jaxrm.tree.weights] with the Equinox layer types of ``tree`` taken into account."""
-    info = leaf_info(tree, is_leaf)
+    info = tree.info if isinstance(tree, Flat) else leaf_info(tree, is_leaf)
     if not any(i.module for i in info.values()):
         return weights
 
@@ -126,8 +127,8 @@ def predicate(
     Args:
       where: ``None`` or [jaxrm.tree.weights][] (the role-based default), a
         regular expression string, or a callable.
-      tree: the tree the predicate will be applied to; with the default it
-        lets Equinox layer types refine the roles.
+      tree: the tree (or its [jaxrm.tree.Flat][]) the predicate will be
+        applied to; with the default it lets Equinox layer types refine the roles.
       argument: the argument's name, for error messages.
       is_leaf: the flattening's ``is_leaf``, used when walking ``tree``.
 

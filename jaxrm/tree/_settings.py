@@ -22,7 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrm.tree._paths import aligned, compile_path_regex, is_array, leaves_with_paths
+from jaxrm.tree._flat import flatten
+from jaxrm.tree._paths import aligned, compile_path_regex, is_array
 
 __all__ = ["NO_DEFAULT", "Rules", "resolve", "resolve_tree"]
 
@@ -137,7 +138,8 @@ def resolve(
       setting: a scalar, a pytree of ``tree``'s structure, a callable
         ``(path, leaf) -> value`` or a list of ``(regex, value)`` rules (see
         the module notes).
-      tree: the parameters (flattened with ``is_leaf``).
+      tree: the parameters (flattened with ``is_leaf``), or a
+        [jaxrm.tree.Flat][] of them.
       argument: the argument's name, for error messages.
       is_scalar: which values are scalars (default: ``None``, numbers,
         strings, arrays, tuples of numbers and non-callable leaf objects).
@@ -159,7 +161,10 @@ def resolve(
         the leaf path).
       TypeError: a malformed rule list.
     """
-    flat = leaves_with_paths(tree, is_leaf=is_leaf)
+    fl = flatten(tree, is_leaf)
+    is_leaf = fl.is_leaf
+    tree = fl.tree
+    flat = fl.items()
     wanted = [True] * len(flat) if only is None else list(only)
     if len(wanted) != len(flat):
         raise ValueError(f"only has {len(wanted)} entries for {len(flat)} leaves")
@@ -202,6 +207,5 @@ def _same_structure(setting: Any, tree: Any, is_leaf) -> bool:
 
 def resolve_tree(setting: Any, tree: Any, **kwargs: Any) -> Any:
     """[jaxrm.tree.resolve][] as a pytree of ``tree``'s structure (same keywords)."""
-    values = resolve(setting, tree, **kwargs)
-    treedef = jax.tree_util.tree_structure(tree, is_leaf=kwargs.get("is_leaf"))
-    return jax.tree_util.tree_unflatten(treedef, values)
+    fl = flatten(tree, kwargs.pop("is_leaf", None))
+    return fl.unflatten(resolve(setting, fl, **kwargs))

@@ -94,3 +94,38 @@ def test_decoder_rejects_inconsistent_lanes():
         _huffman.decode(bytes(data), 2999, 8, 3)
     with pytest.raises(FormatError):
         _huffman.decode(bytes(data[:-1]), 3000, 8, 3)
+
+
+@pytest.mark.parametrize("n, alphabet", [(16_384, 32), (16_385, 32), (70_001, 300), (400_000, 5)])
+def test_round_trip_over_many_lanes(n, alphabet):
+    sym = normal_symbols(n, n, alphabet, 1.0).astype(np.uint16)
+    width = (alphabet - 1).bit_length()
+    data = _huffman.encode(sym, alphabet, width)
+    out = _huffman.decode(data, n, alphabet, width)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, sym)
+
+
+@pytest.mark.parametrize("n", [5000, 100_000])
+def test_decoder_rejects_truncated_streams_and_wrong_counts(n):
+    sym = normal_symbols(1, n, 32, 1.0)
+    data = _huffman.encode(sym, 32, 5)
+    for bad, count in [(data[:-1], n), (data[:-3], n), (data, n - 1), (data, n + 1)]:
+        with pytest.raises(FormatError):
+            _huffman.decode(bad, count, 32, 5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10**8), st.floats(0.01, 20.0))
+def test_lane_layout_is_readable_for_every_length(n, bits_per_symbol):
+    lanes, k = _huffman.lane_layout(n, max(1, int(bits_per_symbol * n)))
+    assert 1 <= lanes <= n and k <= _huffman.MAX_STEPS
+    assert -(-n // k) == lanes and -(-n // lanes) == k
+
+
+def test_small_streams_have_small_headers():
+    sym = normal_symbols(0, 1024, 32, 1.0)
+    counts = np.bincount(sym, minlength=32)
+    data = _huffman.encode(sym, 32, 5)
+    # table (5 bits a length) + 15 bytes of lane header and padding
+    assert len(data) <= reference_cost(counts) / 8 + 1 + 5 + 20 + 10 + 1

@@ -1,0 +1,142 @@
+"""The timing harness every benchmark shares (not a benchmark itself).
+
+* **Interleaved rounds.** `rounds` times every contender once per round,
+  in turn, for several rounds in one process, so a change of machine load
+  hits them all alike; each is warmed up (compiled) first.
+* **Min and median.** Each contender's times are kept; tables print the
+  minimum (the least disturbed run) and the median (the typical one).
+* **One memory pass.** `memcpy` is ``np.copyto`` of the same bytes into
+  a preallocated buffer: the cost of touching the data once, the yardstick
+  for "how many memory passes" a method costs (steadier under load than an
+  arithmetic pass such as ``np.abs``).
+* **Conditions.** `conditions` prints ``os.getloadavg()`` and the CPU
+  count; tables print the load average again at their end.
+* **Peak memory.** `peak_extra_rss` is the peak resident memory an
+  operation adds to its process (Linux: resets the high-water mark through
+  ``/proc/self/clear_refs`` and reads ``VmHWM``); run it in a fresh process
+  so earlier allocations do not blur it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+__all__ = ["Setup", "conditions", "load", "memcpy", "peak_extra_rss", "rounds", "table"]
+
+
+class Setup:
+    """A contender whose untimed ``setup()`` builds the argument of a timed ``fn(arg)``."""
+
+    def __init__(self, setup: Callable[[], object], fn: Callable[[object], object]):
+        self.setup, self.fn = setup, fn
+
+
+def _run(contender) -> float:
+    if isinstance(contender, Setup):
+        arg = contender.setup()
+        start = time.perf_counter()
+        jax.block_until_ready(contender.fn(arg))
+    else:
+        start = time.perf_counter()
+        jax.block_until_ready(contender())
+    return time.perf_counter() - start
+
+
+def rounds(contenders: dict, n: int = 5, warmup: bool = True) -> dict[str, list[float]]:
+    """Times each contender once per round, interleaved, for ``n`` rounds.
+
+    Args:
+      contenders: name -> a callable (timed whole, its result blocked on) or a
+        `Setup`.
+      n: rounds.
+      warmup: run each once, untimed, first (compilation, caches).
+
+    Returns:
+      name -> the ``n`` wall times in seconds, in round order.
+    """
+    if warmup:
+        for c in contenders.values():
+            _run(c)
+    times = {name: [] for name in contenders}
+    for _ in range(n):
+        for name, c in contenders.items():
+            times[name].append(_run(c))
+    return times
+
+
+def memcpy(arrays) -> Callable[[], None]:
+    """One memory pass over ``arrays``: ``np.copyto`` into preallocated buffers."""
+    src = [np.asarray(a) for a in arrays]
+    dst = [np.empty_like(a) for a in src]
+
+    def copy():
+        for d, s in zip(dst, src):
+            np.copyto(d, s)
+
+    return copy
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min)"
+
+
+def conditions(title: str) -> None:
+    """Prints the benchmark's title, the machine and its load."""
+    print(f"== {title}")
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, jax {jax.__version__} "
+          f"({jax.default_backend()}), {platform.machine()}, {os.cpu_count()} CPUs; {load()}")
+
+
+def table(times: dict[str, list[float]], reference: str, notes: dict | None = None,
+          unit: float = 1e-3) -> None:
+    """Min and median of each contender and their ratios to ``reference``'s.
+
+    Args:
+      times: as returned by `rounds`.
+      reference: the contender the ratio columns divide by.
+      notes: name -> a short note printed last.
+      unit: seconds per printed unit (``1e-3``: milliseconds).
+    """
+    notes = notes or {}
+    label = {1e-3: "ms", 1e-6: "us", 1.0: "s"}.get(unit, f"x{unit:g} s")
+    ref_min, ref_med = min(times[reference]), statistics.median(times[reference])
+    width = max(len(n) for n in times)
+    print(f"{'':{width}}  {'min ' + label:>10}  {'median ' + label:>12}  "
+          f"{'min / ref':>9}  {'med / ref':>9}  rounds  note")
+    for name, ts in times.items():
+        lo, med = min(ts), statistics.median(ts)
+        print(f"{name:{width}}  {lo / unit:10.2f}  {med / unit:12.2f}  {lo / ref_min:9.2f}  "
+              f"{med / ref_med:9.2f}  {len(ts):6d}  {notes.get(name, '')}")
+    print(f"(ref: {reference}; {load()})")
+
+
+def peak_extra_rss(fn: Callable[[], object]) -> tuple[int, object]:
+    """``(bytes, result)``: the peak resident memory ``fn()`` adds over the current.
+
+    Linux only (``/proc``); returns ``-1`` bytes elsewhere.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        before = _status("VmRSS")
+    except OSError:
+        return -1, jax.block_until_ready(fn())
+    out = jax.block_until_ready(fn())
+    return _status("VmHWM") - before, out
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(field)

@@ -1,0 +1,47 @@
+"""Symbol statistics shared by the entropy coders: quantized frequencies, entropy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["entropy_bits", "quantize"]
+
+
+def quantize(counts: np.ndarray, precision: int) -> np.ndarray:
+    """Frequencies summing to ``2**precision``, at least 1 for every used symbol.
+
+    Each frequency is the count's share rounded down, the remainder going to
+    the largest rounding losses (ties by symbol order), so the result depends
+    on the histogram alone.
+
+    Args:
+      counts: non-negative integer histogram with at most ``2**precision``
+        used symbols and at least one.
+      precision: bits of the frequencies' total.
+
+    Returns:
+      ``int64`` frequencies, 0 exactly where ``counts`` is 0.
+    """
+    counts = np.asarray(counts, np.int64)
+    top = 1 << precision
+    used = counts > 0
+    total = int(counts.sum())
+    exact = counts * (top / total)
+    f = np.where(used, np.maximum(1, np.floor(exact)), 0).astype(np.int64)
+    diff = top - int(f.sum())
+    if diff > 0:  # hand out the remainder by the largest rounding losses
+        loss = np.where(used, exact - f, -np.inf)
+        f[np.argsort(-loss, kind="stable")[:diff]] += 1
+    while diff < 0:  # clipping at 1 overshot: take from the largest
+        order = np.argsort(-f, kind="stable")
+        take = order[f[order] > 1][: -diff]
+        f[take] -= 1
+        diff += len(take)
+    return f
+
+
+def entropy_bits(counts: np.ndarray) -> float:
+    """Empirical entropy of a histogram, in bits for all its symbols together."""
+    c = counts[counts > 0].astype(np.float64)
+    n = c.sum()
+    return float(-(c * np.log2(c / n)).sum()) if n else 0.0

@@ -1,0 +1,191 @@
+"""The leaves one pruning call works on: flattened once, selected, checked, with layouts.
+
+Also the argument checks every pruning function shares (sparsity, scope,
+pattern) and the kept count ``round((1 - s) * n)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fractions
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrm import _checks
+from jaxrm import tree as jtree
+from jaxrm.prune import _patterns
+
+__all__ = [
+    "SCOPES", "Plan", "check_scope", "check_sparsity", "is_scalar", "is_traced", "kept_counts",
+    "plan", "sparsities",
+]
+
+SCOPES = ("layer", "global")
+
+
+def is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def is_scalar(value: Any) -> bool:
+    """A value that is one sparsity for every leaf (possibly a bad one, checked later)."""
+    if isinstance(value, bool | str | bytes | numbers.Number | np.generic):
+        return True
+    return jtree.is_array(value) and tuple(np.shape(value)) == ()
+
+
+def check_scope(scope: Any) -> str:
+    return _checks.choice(scope, "scope", SCOPES)
+
+
+def check_sparsity(value: Any, argument: str = "sparsity", path: str | None = None) -> Any:
+    """Returns ``value`` as a float (or a traced scalar), raising if it is not in [0, 1)."""
+    where = _checks.at(path)
+    if isinstance(value, bool | np.bool_) or not (
+        isinstance(value, numbers.Real) or (jtree.is_array(value) and np.shape(value) == ())
+    ):
+        raise TypeError(
+            f"{argument}{where} must be a float in [0, 1), got {type(value).__name__}"
+        )
+    if jtree.is_array(value) and not jnp.issubdtype(value.dtype, jnp.number):
+        raise TypeError(f"{argument}{where} must be a number, got dtype {value.dtype}")
+    if is_traced(value):
+        return value
+    s = float(value)
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"{argument}{where} must be in [0, 1), got {s}")
+    return s
+
+
+def _exact_count(s: float, n: int) -> int:
+    """``round((1 - s) * n)``, half to even, in exact rational arithmetic; ``s`` clamped."""
+    if math.isnan(s) or s <= 0.0:
+        return n
+    if s >= 1.0:
+        return 0
+    return round((1 - fractions.Fraction(s)) * n)
+
+
+def _exact_counts_host(s, ns) -> np.ndarray:
+    s = np.asarray(s, np.float32).reshape(-1)
+    ns = np.asarray(ns).reshape(-1)
+    return np.asarray([_exact_count(float(a), int(n)) for a, n in zip(s, ns)], np.int32)
+
+
+def kept_counts(sparsities: list, ns: list[int]) -> list:
+    """``round((1 - s) * n)`` per pair, ``s`` read as a float32: the same eagerly and under jit.
+
+    Schedules and traced sparsities are float32, so the count is defined on the
+    float32 value of the sparsity and computed exactly (rational arithmetic,
+    round half to even) on both paths: Python ints for concrete sparsities, and
+    int32 scalars from one host computation for all traced ones. Traced values
+    outside ``[0, 1)`` are clamped (NaN and negatives keep everything, ``>= 1``
+    prunes everything); concrete ones are checked before they get here.
+    """
+    out: list = [None] * len(ns)
+    traced = [i for i, s in enumerate(sparsities) if is_traced(s)]
+    for i, (s, n) in enumerate(zip(sparsities, ns)):
+        if i not in traced:
+            out[i] = _exact_count(float(np.float32(s)), n)
+    if traced:
+        s = jnp.stack([jnp.asarray(sparsities[i], jnp.float32).reshape(()) for i in traced])
+        counts = jax.pure_callback(
+            _exact_counts_host, jax.ShapeDtypeStruct((len(traced),), jnp.int32), s,
+            np.asarray([ns[i] for i in traced], np.int64), vmap_method="sequential",
+        )
+        for j, i in enumerate(traced):
+            out[i] = counts[j]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The selected leaves of one call.
+
+    Attributes:
+      flat: the whole tree, flattened once.
+      picked: indices (in ``flat``) of the selected leaves.
+      layouts: the layout of each picked leaf.
+      patterns: each picked leaf's pattern, axes in one slice's coordinates.
+    """
+
+    flat: jtree.Flat
+    picked: tuple[int, ...]
+    layouts: tuple[jtree.Layout, ...]
+    patterns: tuple[Any, ...]
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.flat.paths[i] for i in self.picked]
+
+    @property
+    def leaves(self) -> list[Any]:
+        return [self.flat.leaves[i] for i in self.picked]
+
+    @property
+    def chosen(self) -> list[bool]:
+        marks = [False] * len(self.flat)
+        for i in self.picked:
+            marks[i] = True
+        return marks
+
+    def tree(self, values: list) -> Any:
+        """A tree of the input's structure: ``values`` at the picked leaves, ``None`` elsewhere."""
+        leaves: list = [None] * len(self.flat)
+        for i, v in zip(self.picked, values):
+            leaves[i] = v
+        return self.flat.unflatten(leaves)
+
+
+def plan(tree: Any, where: jtree.Where, *, pattern: Any = None, stacked: Any = None) -> Plan:
+    """Flattens ``tree`` once and checks the leaves ``where`` selects.
+
+    Raises:
+      ValueError: ``where`` selects nothing, a bad layout or a pattern that
+        does not fit a leaf (naming the leaf path).
+      TypeError: a selected leaf is not a floating array, or a bad pattern type.
+    """
+    fl = jtree.flatten(tree)
+    pred = jtree.predicate(where, fl)
+    chosen = [bool(pred(p, x)) for p, x in fl.items()]
+    if not any(chosen):
+        shown = ", ".join(fl.paths[:12]) or "(no leaves)"
+        raise ValueError(f"where={where!r} selects no leaf; the leaves are: {shown}")
+    picked = tuple(i for i, c in enumerate(chosen) if c)
+    for i in picked:
+        path, leaf = fl.paths[i], fl.leaves[i]
+        if not jtree.is_array(leaf):
+            raise TypeError(f"where selects leaf {path!r}, which is not an array")
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(
+                f"where selects leaf {path!r} of dtype {leaf.dtype}; only floating "
+                "leaves can be pruned"
+            )
+    lays = jtree.layouts(fl, stacked=stacked, only=chosen)
+    pats = jtree.resolve(pattern, fl, argument="pattern", only=chosen, default=None)
+    return Plan(
+        fl,
+        picked,
+        tuple(lays[i] for i in picked),
+        tuple(_patterns.in_slice(pats[i], lays[i], fl.paths[i]) for i in picked),
+    )
+
+
+def sparsities(p: Plan, sparsity: Any) -> list:
+    """One checked sparsity per picked leaf, from any per-leaf setting."""
+    if is_scalar(sparsity):
+        s = check_sparsity(sparsity)
+        return [s] * len(p.picked)
+    values = jtree.resolve(sparsity, p.flat, argument="sparsity", only=p.chosen)
+    out = []
+    for i in p.picked:
+        path = p.flat.paths[i]
+        if values[i] is None:
+            raise ValueError(f"sparsity has None at leaf {path!r}, which where selects")
+        out.append(check_sparsity(values[i], "sparsity", path))
+    return out

@@ -1,0 +1,263 @@
+"""Exact top-k selection without a sort: keep-flags of the highest scores, per row or global.
+
+Two selections give the same masks:
+
+* On the device (any backend, and inside [jaxrm.prune.sparsify][]): a
+  radix selection on the bits of the float32 scores. The bits are mapped to
+  ``uint32`` keys that order like the floats; a histogram of the high 16 bits
+  finds the bucket that holds the k-th key, and a histogram of the low 16 bits
+  inside that bucket finds the key itself: two counting passes instead of an
+  ``O(n log n)`` sort.
+* On a CPU host (eager calls, and ``jax.pure_callback`` under ``jit``): a
+  strided sample brackets the k-th score, one pass counts the scores above the
+  bracket and gathers the few inside it, and ``np.partition`` of those gives
+  the threshold. numpy's vectorized comparisons beat XLA's CPU scatters and
+  reductions several times over here.
+
+Both are exact: every score above the threshold is kept, and among scores
+equal to it the ones with the lowest flat index (in leaf flattening order for
+``scope="global"``) are kept until exactly ``k`` are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["select"]
+
+_HALF = 16
+_BINS = 1 << _HALF
+_LOW = _BINS - 1
+_SAMPLE = 1 << 16  # scores sampled to bracket the threshold on the host
+
+
+# --------------------------------------------------------------------------
+# Radix selection
+
+
+def _keys(u: jax.Array) -> jax.Array:
+    """Maps float32 scores to uint32 keys with the same order (NaN lowest, -0 == +0)."""
+    u = jnp.where(jnp.isnan(u), -jnp.inf, u)
+    u = jnp.where(u == 0, jnp.zeros((), u.dtype), u)
+    bits = jax.lax.bitcast_convert_type(u, jnp.uint32)
+    negative = (bits >> 31) == 1
+    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _suffix_sums(h: jax.Array) -> jax.Array:
+    return jnp.cumsum(h[::-1])[::-1]
+
+
+def _bucket_of_kth(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The bucket holding the k-th highest key, and the count of keys in higher buckets.
+
+    Two levels of 256 (a scan over 65536 buckets costs more on CPU than the
+    whole histogram): first the row of 256 buckets, then the bucket in it.
+    """
+    side = 1 << (_HALF // 2)
+    rows = hist.reshape(side, side)
+    row_total = jnp.sum(rows, axis=1)
+    row_at_least = _suffix_sums(row_total)  # keys in rows >= r
+    r = jnp.maximum(jnp.sum(row_at_least >= k, dtype=jnp.int32) - 1, 0)
+    above_row = row_at_least[r] - row_total[r]
+    row = jax.lax.dynamic_index_in_dim(rows, r, axis=0, keepdims=False)
+    at_least = _suffix_sums(row) + above_row  # keys in buckets >= (r, c)
+    c = jnp.maximum(jnp.sum(at_least >= k, dtype=jnp.int32) - 1, 0)
+    return r * side + c, at_least[c] - row[c]
+
+
+def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
+    """Flags of the ``k`` highest keys over all flat ``keys`` arrays (exact, ties by index)."""
+    k = jnp.asarray(k, jnp.int32)
+    hist = jnp.zeros(_BINS, jnp.int32)
+    for kk in keys:
+        hist = hist.at[(kk >> _HALF).astype(jnp.int32)].add(1)
+    b, above = _bucket_of_kth(hist, k)
+    need = k - above
+
+    low = jnp.zeros(_BINS, jnp.int32)
+    for kk in keys:
+        in_bucket = (kk >> _HALF).astype(jnp.int32) == b
+        idx = jnp.where(in_bucket, (kk & _LOW).astype(jnp.int32), _BINS)
+        low = low.at[idx].add(1, mode="drop")
+    b2, above_low = _bucket_of_kth(low, need)
+    t = (b.astype(jnp.uint32) << _HALF) | b2.astype(jnp.uint32)
+    greater = above + above_low
+    wanted_ties = k - greater
+    ties = low[b2]
+
+    def all_ties():
+        return [kk >= t for kk in keys]
+
+    def first_ties():
+        out, offset = [], jnp.int32(0)
+        for kk in keys:
+            eq = kk == t
+            rank = jnp.cumsum(eq, dtype=jnp.int32) + offset  # 1-based among ties
+            out.append((kk > t) | (eq & (rank <= wanted_ties)))
+            offset = offset + jnp.sum(eq, dtype=jnp.int32)
+        return out
+
+    return jax.lax.cond(wanted_ties == ties, all_ties, first_ties)
+
+
+def _select_host_one(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """The numpy twin of ``_select`` on float32 arrays: same result, fewer passes.
+
+    A strided sample brackets the k-th highest score between two sample values;
+    one pass counts the scores above the bracket and gathers those inside it
+    (usually a few thousandths of them), and ``np.partition`` of that small set
+    gives the exact threshold. Comparisons on floats treat ``-0 == +0`` like
+    the keys do; NaNs never compare, so they are handled apart and rank lowest.
+    """
+    sizes = [a.size for a in arrays]
+    n = sum(sizes)
+    if k <= 0:
+        return [np.zeros(s, bool) for s in sizes]
+    if k >= n:
+        return [np.ones(s, bool) for s in sizes]
+    step = max(1, n // _SAMPLE)
+    sample = np.concatenate([a[::step] for a in arrays])
+    sample = np.sort(sample[~np.isnan(sample)])
+    s = sample.size
+    inf = np.float32(np.inf)
+    lo, hi = -inf, inf
+    if s:
+        p = k / n
+        rank = p * s  # expected rank of the k-th highest score in the sample, from the top
+        margin = 6.0 * math.sqrt(s * p * (1.0 - p)) + 16.0
+        top_hi, top_lo = int(rank - margin), math.ceil(rank + margin)
+        if 0 <= top_hi < s:
+            hi = sample[s - 1 - top_hi]
+        if 0 <= top_lo < s:
+            lo = sample[s - 1 - top_lo]
+    for _ in range(2):
+        above, positions, values = 0, [], []
+        for a in arrays:
+            above += int(np.count_nonzero(a > hi))
+            idx = np.flatnonzero((a >= lo) & (a <= hi))
+            positions.append(idx)
+            values.append(a[idx])
+        c = np.concatenate(values)
+        if above < k <= above + c.size:
+            break
+        lo, hi = -inf, inf  # the sample misled us: bracket everything
+    else:
+        # k exceeds the non-NaN scores: keep all of them and the first NaNs.
+        out, left = [], k - (above + c.size)
+        for a in arrays:
+            nan = np.isnan(a)
+            m = ~nan
+            nan_idx = np.flatnonzero(nan)[:left]
+            m[nan_idx] = True
+            left -= nan_idx.size
+            out.append(m)
+        return out
+    need = k - above
+    t = np.partition(c, c.size - need)[c.size - need]
+    wanted = k - above - int(np.count_nonzero(c > t))
+    if wanted == int(np.count_nonzero(c == t)):
+        return [a >= t for a in arrays]
+    out, left = [], wanted
+    for a, idx, v in zip(arrays, positions, values):
+        m = a > t
+        tie_idx = idx[v == t][: max(left, 0)]
+        m[tie_idx] = True
+        left -= tie_idx.size
+        out.append(m)
+    return out
+
+
+def _host_array(x) -> np.ndarray:
+    """float64 stays float64 (ranked exactly); everything else is ranked as float32."""
+    x = np.asarray(x)
+    return x if x.dtype == np.float64 else x.astype(np.float32, copy=False)
+
+
+def _host_rows(rows, ks) -> list[np.ndarray]:
+    out = []
+    for r, k in zip(rows, ks):
+        r = _host_array(r)
+        k = np.asarray(k).reshape(-1)
+        out.append(np.stack([_select_host_one([row], int(kk))[0] for row, kk in zip(r, k)]))
+    return out
+
+
+def _host_global(units, k) -> list[np.ndarray]:
+    arrays = [_host_array(u).reshape(-1) for u in units]
+    flags = _select_host_one(arrays, int(np.asarray(k).reshape(-1)[0]))
+    return [f.reshape(np.shape(u)) for f, u in zip(flags, units)]
+
+
+def _device_rows(rows, ks) -> list[jax.Array]:
+    """Per-row selection, one batched program per row length (so compile time does not
+    grow with the number of leaves of one shape)."""
+    by_n: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_n.setdefault(r.shape[1], []).append(i)
+    out: list = [None] * len(rows)
+    one = jax.vmap(lambda kk, k: _select([kk], k)[0])
+    for idx in by_n.values():
+        keys = jnp.concatenate([_keys(rows[i].astype(jnp.float32)) for i in idx])
+        k = jnp.concatenate([jnp.asarray(ks[i], jnp.int32).reshape(-1) for i in idx])
+        flags = one(keys, k)
+        start = 0
+        for i in idx:
+            out[i] = flags[start : start + rows[i].shape[0]]
+            start += rows[i].shape[0]
+    return out
+
+
+def _device_global(units, k) -> list[jax.Array]:
+    keys = [_keys(u.astype(jnp.float32).reshape(-1)) for u in units]
+    flags = _select(keys, jnp.asarray(k, jnp.int32).reshape(()))
+    return [f.reshape(u.shape) for f, u in zip(flags, units)]
+
+
+def _concrete_on_cpu(arrays) -> bool:
+    for x in arrays:
+        if isinstance(x, jax.core.Tracer):
+            return False
+        if isinstance(x, jax.Array) and any(d.platform != "cpu" for d in x.devices()):
+            return False
+        if not isinstance(x, jax.Array | np.ndarray):
+            return False
+    return True
+
+
+def select(units: list, ks, scope: str, *, host: bool = True) -> list:
+    """Keep-flags of the highest units.
+
+    Args:
+      units: score arrays; with ``scope="layer"`` each is ``(rows, n)`` and each
+        row keeps its own count, with ``"global"`` they rank together.
+      ks: with ``"layer"``, one ``(rows,)`` int array of counts per entry of
+        ``units``; with ``"global"``, one count.
+      scope: ``"layer"`` or ``"global"``.
+      host: allow the numpy selection (eager, or a host callback under ``jit``
+        on CPU). XLA's CPU reductions and scatters are much slower than
+        numpy's vectorized comparisons; on GPU and TPU the radix selection
+        stays on the device. Both give the same flags.
+
+    Returns:
+      ``bool`` arrays of ``units``' shapes.
+    """
+    ks_list = [ks] if scope == "global" else list(ks)
+    concrete = _concrete_on_cpu(list(units)) and not any(
+        isinstance(k, jax.core.Tracer) for k in ks_list
+    )
+    if host and concrete:
+        # Eager on CPU: the numpy selection directly, with no compilation.
+        flags = _host_global(units, ks) if scope == "global" else _host_rows(units, ks)
+        return [jnp.asarray(f) for f in flags]
+    if host and jax.default_backend() == "cpu":
+        shapes = [jax.ShapeDtypeStruct(u.shape, jnp.bool_) for u in units]
+        fn = _host_global if scope == "global" else _host_rows
+        return jax.pure_callback(fn, shapes, list(units), ks, vmap_method="sequential")
+    if scope == "global":
+        return _device_global(units, ks)
+    return _device_rows(units, ks)
