@@ -175,22 +175,6 @@ def _key_words(key: Any) -> list[int]:
     return [int(w) for w in np.asarray(key).ravel()]
 
 
-def _mask_of(path: str, leaf: Any, mask_of) -> np.ndarray | None:
-    if mask_of is None:
-        return None
-    m = mask_of(path, leaf)
-    if m is None:
-        return None
-    if not jtree.is_array(m) or m.dtype != np.bool_:
-        raise TypeError(
-            f"masks at leaf {path!r} must be a bool array or None, got "
-            f"{getattr(m, 'dtype', type(m).__name__)}"
-        )
-    if not _common.is_concrete(m):
-        raise TypeError(f"masks at leaf {path!r} is traced; kmeans runs outside jit")
-    return np.asarray(m)
-
-
 def kmeans(
     params: Any,
     bits: Any,
@@ -200,6 +184,7 @@ def kmeans(
     iters: int = DEFAULT_ITERS,
     key: Any = None,
     where: jtree.Where = None,
+    stacked: Any = None,
 ) -> Any:
     """Weight sharing: replaces each selected leaf by a ``Codebook`` of 1-D k-means.
 
@@ -245,10 +230,15 @@ def kmeans(
         ``(path, leaf) -> int | None`` (e.g. 8 for convolutions, 5 for dense).
       masks: ``None`` or a pytree of ``params``' structure with a ``bool``
         array (``False`` = pruned) or ``None`` (dense) per leaf.
-      init: ``"linear"``, ``"density"``, ``"random"`` or ``"kmeans++"``.
+      init: ``"linear"``, ``"density"``, ``"random"`` or ``"kmeans++"``; a
+        per-leaf setting.
       iters: the maximum number of Lloyd updates (``0`` keeps the init).
       key: a ``jax.random`` key, required by ``"random"`` and ``"kmeans++"``.
-      where: which leaves to share (default: floating leaves with ``ndim >= 2``).
+      where: which leaves to share (default: ``jaxrm.tree.weights``).
+      stacked: stacked axes as a per-leaf setting (int, tuple or ``None``);
+        default: inferred from the layout. Each stacked slice gets its own
+        codebook: ``centroids`` then has the slices' sizes on the stacked
+        axes, 1 on the others, and the codebook axis last.
 
     Returns:
       A pytree of ``params``' structure with ``Codebook`` leaves where shared.
@@ -261,71 +251,85 @@ def kmeans(
       TypeError: ``where`` selects an integer or non-array leaf, a mask is not
         boolean, ``bits``/``iters`` are not ints, or a leaf is traced.
     """
-    _common.check_choice(init, INITS, "init")
     if isinstance(iters, bool) or not isinstance(iters, int | np.integer):
         raise TypeError(f"iters must be an int, got {iters!r}")
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
     words = None
-    if init in ("random", "kmeans++"):
-        if key is None:
-            raise ValueError(f"init={init!r} needs a key (jax.random.key(seed))")
-        words = _key_words(key)
-    bits_of = _common.per_leaf(params, bits, "bits", _common.is_int_like)
-    mask_of = None
-    if masks is not None:
-        jtree.check_matches(params, masks, "masks")
-        table = dict(jtree.leaves_with_paths(masks, keep_none=True))
-        mask_of = lambda path, leaf: table[path]
-    chosen = jtree.selected(params, where)
-    position = {p: i for i, p in enumerate(chosen)}
-
+    if isinstance(init, str):
+        _common.check_choice(init, INITS, "init")
+    mask_of = _common.masks_by_path(params, masks)
+    found = _common.targets(
+        params, where, bits=bits, bits_range=(1, 16), finite=False, nonempty=False,
+        settings={"init": (init, lambda v: isinstance(v, str))}, stacked=stacked,
+    )
     # Validate every selected leaf before clustering any.
-    plan: dict[str, tuple[int, np.ndarray | None]] = {}
-
-    def check(path: str, leaf: Any) -> Any:
-        b = bits_of(path, leaf)
-        if b is None:
-            return leaf
-        b = _common.check_bits(b, 1, 16, "bits", path)
-        _common.check_leaf(path, leaf, where)
-        if not _common.is_concrete(leaf):
-            raise TypeError(f"params leaf {path!r} is traced; kmeans runs outside jit")
-        m = _mask_of(path, leaf, mask_of)
-        x = np.asarray(leaf)
+    plan = []
+    for position, t in enumerate(found):
+        leaf_init = _common.check_choice(t.settings["init"], INITS, "init")
+        if leaf_init in ("random", "kmeans++") and words is None:
+            if key is None:
+                raise ValueError(f"init={leaf_init!r} (leaf {t.path!r}) needs a key")
+            words = _key_words(key)
+        if not _common.is_concrete(t.leaf):
+            raise TypeError(f"params leaf {t.path!r} is traced; kmeans runs outside jit")
+        m = mask_of(t.path, t.leaf)
+        if m is not None and not _common.is_concrete(m):
+            raise TypeError(f"masks at leaf {t.path!r} is traced; kmeans runs outside jit")
+        x = np.asarray(t.leaf)
         work = np.float64 if x.dtype == np.float64 else np.float32
-        flat = x.astype(work).ravel()
-        kept = flat if m is None else flat[m.ravel()]
+        x = x.astype(work)
+        m = None if m is None else np.asarray(m)
+        kept = x if m is None else x[m]
         if not np.all(np.isfinite(kept)):
             bad = int(kept.size - np.count_nonzero(np.isfinite(kept)))
-            raise ValueError(f"params leaf {path!r} has {bad} NaN or Inf unpruned entries")
-        plan[path] = (b, m, kept)
-        return leaf
+            raise ValueError(f"params leaf {t.path!r} has {bad} NaN or Inf unpruned entries")
+        plan.append((position, t, leaf_init, x, m))
 
-    jtree.map_selected(check, params, where)
-
-    def share(path: str, leaf: Any) -> Any:
-        if path not in plan:
-            return leaf
-        b, m, kept = plan.pop(path)
-        x_shape, x_size = tuple(leaf.shape), int(np.prod(leaf.shape))
+    new = {}
+    for position, t, leaf_init, x, m in plan:
         rng = None
         if words is not None:
-            rng = np.random.default_rng(np.random.SeedSequence(words, spawn_key=(position[path],)))
-        centroids, labels = cluster(kept, 2**b, init, int(iters), rng)
-        index_dtype = np.uint8 if b <= 8 else np.uint16
-        if m is None:
-            indices = labels.astype(index_dtype).reshape(x_shape)
-        else:
-            indices = np.zeros(x_size, index_dtype)
-            indices[m.ravel()] = labels
-            indices = indices.reshape(x_shape)
-        return Codebook(
-            indices=jnp.asarray(indices),
-            centroids=jnp.asarray(centroids.astype(kept.dtype)),
-            mask=None if m is None else jnp.asarray(m),
-            bits=b,
-            dtype=str(leaf.dtype),
-        )
+            rng = np.random.default_rng(np.random.SeedSequence(words, spawn_key=(position,)))
+        new[t.path] = _share(t, x, m, leaf_init, int(iters), rng)
+    return _common.rebuild(params, where, new)
 
-    return jtree.map_selected(share, params, where)
+
+def _share(t, x: np.ndarray, m: np.ndarray | None, init: str, iters: int, rng) -> Codebook:
+    """One codebook per stacked slice of ``x`` (one for the whole leaf if unstacked)."""
+    stacked = t.axes.stacked
+    rest = [i for i in range(x.ndim) if i not in stacked]
+    order = [*stacked, *rest]
+    n_slices = int(np.prod([x.shape[i] for i in stacked], dtype=np.int64))
+    xs = np.transpose(x, order).reshape(n_slices, -1)
+    ms = None if m is None else np.transpose(m, order).reshape(n_slices, -1)
+    index_dtype = np.uint8 if t.bits <= 8 else np.uint16
+    indices = np.zeros(xs.shape, index_dtype)
+    books = []
+    for j in range(n_slices):
+        kept = xs[j] if ms is None else xs[j][ms[j]]
+        centroids, labels = cluster(kept, 2**t.bits, init, iters, rng)
+        if ms is None:
+            indices[j] = labels
+        else:
+            indices[j][ms[j]] = labels
+        books.append(centroids.astype(x.dtype))
+    k = max(b.size for b in books)
+    # Slices with fewer distinct values repeat their last centroid (never indexed).
+    table = np.stack([np.pad(b, (0, k - b.size), mode="edge") for b in books])
+    inverse = np.argsort(order)
+    indices = np.transpose(indices.reshape([x.shape[i] for i in order]), inverse)
+    if stacked:
+        # Centroids broadcast against the indices: the slices' sizes on the
+        # stacked axes, 1 elsewhere, then the codebook axis.
+        shape = [x.shape[i] if i in stacked else 1 for i in range(x.ndim)]
+        table = table.reshape(*shape, k)
+    else:
+        table = table[0]
+    return Codebook(
+        indices=jnp.asarray(indices),
+        centroids=jnp.asarray(table),
+        mask=None if m is None else jnp.asarray(m),
+        bits=t.bits,
+        dtype=str(t.leaf.dtype),
+    )

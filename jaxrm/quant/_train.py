@@ -62,7 +62,9 @@ def trainable(tree: Any, *, centroids_only: bool = False) -> Any:
                 indices=False, centroids=True, mask=None if x.mask is None else False
             )
         if isinstance(x, QArray):
-            return x.replace(values=False, scale=False, zero_point=False)
+            return x.replace(
+                values=False, scale=False, zero_point=False, mask=None if x.mask is None else False
+            )
         return bool(not centroids_only and _is_float_array(x))
 
     return jax.tree.map(visit, tree, is_leaf=is_quantized)

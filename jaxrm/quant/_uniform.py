@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxrm import tree as jtree
 from jaxrm.quant import _common
-from jaxrm.quant._types import QArray
+from jaxrm.quant._types import QArray, expand_groups, pack_int4
 
 CALIBRATIONS = ("minmax", "percentile", "mse")
 
@@ -34,8 +34,26 @@ def storage_dtype(bits: int, symmetric: bool) -> Any:
     return jnp.uint8 if bits <= 8 else jnp.uint16
 
 
-def _reduce_axes(ndim: int, axis: int | None) -> tuple[int, ...]:
-    return tuple(i for i in range(ndim) if i != axis)
+def _reduce_axes(ndim: int, keep: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(i for i in range(ndim) if i not in keep)
+
+
+def _keep_axes(axis: int | None, stacked: tuple[int, ...] = ()) -> tuple[int, ...]:
+    return tuple(sorted(set(stacked) | ({axis} if axis is not None else set())))
+
+
+def _split_groups(x, axis: int, size: int):
+    """``x`` with ``axis`` split into ``(groups, size)``, zero-padded to whole groups.
+
+    Zeros change no min/max range (every range holds 0) and quantize exactly,
+    so they change no "minmax" or "mse" range either.
+    """
+    n = x.shape[axis]
+    groups = -(-n // size)
+    pad = groups * size - n
+    if pad:
+        x = jnp.pad(x, [(0, pad) if i == axis else (0, 0) for i in range(x.ndim)])
+    return x.reshape(*x.shape[:axis], groups, size, *x.shape[axis + 1 :])
 
 
 def _compute_dtype(dtype: Any) -> Any:
@@ -97,34 +115,77 @@ def _calibrated_range(x, bits, symmetric, red, calibration, percentile):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("symmetric", "axis", "calibration", "percentile", "wide")
+    jax.jit,
+    static_argnames=("symmetric", "keep", "group", "calibration", "percentile", "wide", "pack"),
 )
-def _quantize_arrays(x, bits, *, symmetric, axis, calibration, percentile, wide):
+def _quantize_arrays(x, mask, bits, *, symmetric, keep, group, calibration, percentile, wide, pack):
     # ``bits`` is traced so that one compilation serves every bit width of a
     # storage dtype (``wide``: 16-bit storage).
     xf = x.astype(_compute_dtype(x.dtype))
-    red = _reduce_axes(xf.ndim, axis)
-    lo, hi = _calibrated_range(xf, bits, symmetric, red, calibration, percentile)
-    scale, zero_point = _scale_zero_point(lo, hi, bits, symmetric)
-    values = _levels(xf, scale, zero_point, bits, symmetric)
-    return (
-        values.astype(storage_dtype(16 if wide else 8, symmetric)),
-        scale.astype(jnp.float32),
-        zero_point.astype(jnp.float32),
+    if mask is not None:
+        xf = jnp.where(mask, xf, jnp.zeros((), xf.dtype))
+    if group is None:
+        red = _reduce_axes(xf.ndim, keep)
+        lo, hi = _calibrated_range(xf, bits, symmetric, red, calibration, percentile)
+        scale, zero_point = _scale_zero_point(lo, hi, bits, symmetric)
+    else:
+        d, size = group
+        split_keep = (*tuple(k + (k > d) for k in keep), d)
+        xs = _split_groups(xf, d, size)
+        red = _reduce_axes(xs.ndim, split_keep)
+        lo, hi = _calibrated_range(xs, bits, symmetric, red, calibration, percentile)
+        scale, zero_point = _scale_zero_point(lo, hi, bits, symmetric)
+        scale, zero_point = scale.squeeze(d + 1), zero_point.squeeze(d + 1)
+    values = _levels(
+        xf,
+        expand_groups(scale, xf.shape, None if group is None else group[1]),
+        expand_groups(zero_point, xf.shape, None if group is None else group[1]),
+        bits,
+        symmetric,
     )
+    values = values.astype(storage_dtype(16 if wide else 8, symmetric))
+    if pack:
+        values = pack_int4(values)
+    return values, scale.astype(jnp.float32), zero_point.astype(jnp.float32)
 
 
-def _quantize(x, bits, symmetric, axis, calibration, percentile):
+def _quantize(
+    x,
+    bits,
+    symmetric,
+    axis,
+    calibration,
+    percentile,
+    *,
+    stacked=(),
+    group=None,
+    mask=None,
+    pack=False,
+):
+    pack = bool(pack and bits <= 4 and x.ndim > 0 and x.shape[-1] % 2 == 0)
     values, scale, zero_point = _quantize_arrays(
         x,
+        mask,
         jnp.int32(bits),
         symmetric=symmetric,
-        axis=axis,
+        keep=_keep_axes(axis, stacked),
+        group=group,
         calibration=calibration,
         percentile=percentile,
         wide=bits > 8,
+        pack=pack,
     )
-    return QArray(values, scale, zero_point, bits=bits, axis=axis, dtype=str(x.dtype))
+    return QArray(
+        values,
+        scale,
+        zero_point,
+        mask=mask,
+        bits=bits,
+        axis=axis,
+        dtype=str(x.dtype),
+        packed=pack,
+        group_size=None if group is None else group[1],
+    )
 
 
 def _check_percentile(percentile: Any) -> float:
@@ -144,6 +205,10 @@ def uniform(
     calibration: str = "minmax",
     percentile: float = 99.9,
     where: jtree.Where = None,
+    group_size: Any = None,
+    stacked: Any = None,
+    masks: Any = None,
+    pack: bool = False,
 ) -> Any:
     """Uniformly quantizes the selected leaves of ``params`` to ``QArray`` leaves.
 
@@ -169,6 +234,19 @@ def uniform(
       ``{1.0, 0.99, ..., 0.2}`` that minimizes the squared error (per channel
       with ``axis``); never worse than ``"minmax"``.
 
+    Stacked leaves (scan-over-layers, fused tensors; ``stacked=``, or
+    inferred from the framework's partition metadata) get their own ranges per
+    slice: the scale keeps the stacked axes. ``group_size=g`` gives one scale
+    per ``g`` consecutive entries along the leaf's contraction (input) axis
+    (the last contracted axis of its layout, e.g. the ``in`` axis of a Flax
+    Dense ``(in, out)`` kernel; the feature axis of an embedding), per output
+    channel when ``axis`` is the output axis (per row of an embedding with
+    ``axis=0``); the last group may be shorter. ``masks`` (``False`` = pruned) are
+    stored in the ``QArray``: pruned entries take no part in the range (they
+    count as 0), are stored as the grid's 0 and decode to exactly 0.
+    ``pack=True`` stores leaves of at most 4 bits whose last axis is even two
+    entries per byte (``QArray.packed``); others stay one per byte.
+
     Works under ``jax.jit`` (the NaN/Inf check only runs on concrete arrays).
 
     Args:
@@ -182,7 +260,14 @@ def uniform(
       calibration: ``"minmax"``, ``"percentile"`` or ``"mse"``.
       percentile: the percentile in ``(50, 100]`` used by ``"percentile"``.
       where: which leaves to quantize (see ``jaxrm.tree.select``); default:
-        floating leaves with ``ndim >= 2``.
+        ``jaxrm.tree.weights``.
+      group_size: ``None`` or entries per scale along the contraction axis; a
+        per-leaf setting.
+      stacked: the stacked axis (int, tuple or ``None``) as a per-leaf
+        setting; default: inferred from the layout.
+      masks: ``None`` or a pytree of ``params``' structure with ``bool``
+        arrays (``False`` = pruned) or ``None`` per leaf.
+      pack: store 4-bit (or fewer) values two per byte.
 
     Returns:
       A pytree of ``params``' structure with ``QArray`` leaves where quantized.
@@ -198,130 +283,49 @@ def uniform(
     percentile = _check_percentile(percentile)
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be a bool, got {symmetric!r}")
-    bits_of = _common.per_leaf(params, bits, "bits", _common.is_int_like)
-    jtree.selected(params, where)
-
-    def quantize_leaf(path: str, leaf: Any) -> Any:
-        b = bits_of(path, leaf)
-        if b is None:
-            return leaf
-        b = _common.check_bits(b, 2, 16, "bits", path)
-        _common.check_leaf(path, leaf, where)
-        ax = _common.check_axis(path, leaf, axis)
-        _common.check_finite(path, leaf)
-        return _quantize(jnp.asarray(leaf), b, symmetric, ax, calibration, percentile)
-
-    return jtree.map_selected(quantize_leaf, params, where)
-
-
-def fake_quant(
-    x: jax.Array,
-    bits: int,
-    *,
-    symmetric: bool = True,
-    axis: int | None = None,
-    scale: jax.Array | None = None,
-    zero_point: jax.Array | None = None,
-) -> jax.Array:
-    """Quantizes and dequantizes ``x``, with a straight-through gradient.
-
-    The forward value is exactly ``uniform(x, bits, ...)`` dequantized (min/max
-    calibration over the whole tensor, or per channel along ``axis``), unless a
-    fixed ``scale`` (and, asymmetric, ``zero_point``) is given, e.g. from a
-    calibration pass or a running average. The gradient with respect to ``x``
-    is the straight-through estimator: 1 where the grid's clipping is inactive
-    (the rounded level lies inside the integer range) and 0 where an entry is
-    clipped. The scale is treated as a constant (it gets no gradient).
-
-    Works under ``jit``, ``grad`` and ``vmap`` (under ``vmap`` the range is
-    computed per mapped example).
-
-    Args:
-      x: a floating array.
-      bits: integer bits in ``[2, 16]``.
-      symmetric: signed grid with zero point 0, or unsigned with a zero point.
-      axis: ``None`` for one range per tensor, or the per-channel axis.
-      scale: optional fixed scale, broadcastable to ``x``.
-      zero_point: optional fixed integral zero point (asymmetric only),
-        broadcastable to ``x``; defaults to 0.
-
-    Returns:
-      An array of ``x``'s shape and dtype on the quantization grid.
-
-    Raises:
-      ValueError: ``bits`` out of range or a bad ``axis``.
-      TypeError: ``x`` is not a floating array.
-    """
-    bits = _common.check_bits(bits, 2, 16, "bits")
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"x must be a floating array, got dtype {x.dtype}")
-    ax = _common.check_axis("x", x, axis)
-    if zero_point is not None and symmetric:
-        raise ValueError("zero_point is only used with symmetric=False")
-    if scale is not None:
-        scale = jnp.asarray(scale)
-        zero_point = jnp.zeros(()) if zero_point is None else jnp.asarray(zero_point)
-    return _fake_quant(x, jnp.int32(bits), scale, zero_point, symmetric=symmetric, axis=ax)
+    if not isinstance(pack, bool):
+        raise TypeError(f"pack must be a bool, got {pack!r}")
+    mask_of = _common.masks_by_path(params, masks)
+    new = {}
+    group_setting = {"group_size": (group_size, _common.is_axis_like)}
+    for t in _common.grid_targets(params, where, bits, axis, stacked, settings=group_setting):
+        ax = _common.check_axis(t.path, t.leaf, t.settings["axis"])
+        if ax is not None and ax in t.axes.stacked:
+            raise ValueError(f"axis={ax} of leaf {t.path!r} is its stacked axis {t.axes.stacked}")
+        group = _group(t, t.settings["group_size"], ax, calibration)
+        new[t.path] = _quantize(
+            jnp.asarray(t.leaf),
+            t.bits,
+            symmetric,
+            ax,
+            calibration,
+            percentile,
+            stacked=t.axes.stacked,
+            group=group,
+            mask=mask_of(t.path, t.leaf),
+            pack=pack,
+        )
+    return _common.rebuild(params, where, new)
 
 
-@functools.partial(jax.jit, static_argnames=("symmetric", "axis"))
-def _fake_quant(x, bits, scale, zero_point, *, symmetric, axis):
-    xf = x.astype(_compute_dtype(x.dtype))
-    if scale is None:
-        lo, hi = _minmax(jax.lax.stop_gradient(xf), symmetric, _reduce_axes(xf.ndim, axis))
-        s, zp = _scale_zero_point(lo, hi, bits, symmetric)
-    else:
-        s, zp = scale.astype(xf.dtype), zero_point.astype(xf.dtype)
-    s = jax.lax.stop_gradient(s)
-    zp = jax.lax.stop_gradient(zp)
-    qmin, qmax = grid(bits, symmetric)
-    level = jnp.round(xf / s) + zp
-    inside = (level >= qmin) & (level <= qmax)
-    xq = (jnp.clip(level, qmin, qmax) - zp) * s
-    # The value of xq; the gradient is 1 inside the grid's range and 0 where clipped.
-    out = jax.lax.stop_gradient(xq) + jnp.where(inside, xf - jax.lax.stop_gradient(xf), 0)
-    return out.astype(x.dtype)
-
-
-def fake_quant_tree(
-    params: Any,
-    bits: Any = 8,
-    *,
-    symmetric: bool = True,
-    axis: int | None = None,
-    where: jtree.Where = None,
-) -> Any:
-    """Applies [`fake_quant`][jaxrm.quant.fake_quant] to the selected leaves of ``params``.
-
-    Use it inside a loss for quantization-aware training:
-    ``loss(fake_quant_tree(params, 4), batch)``; gradients flow to the float
-    parameters through the straight-through estimator.
-
-    Args:
-      params: any pytree of parameters.
-      bits: an int in ``[2, 16]``, a per-leaf pytree (``None`` leaves stay
-        float) or a callable ``(path, leaf) -> int | None``.
-      symmetric: signed grid with zero point 0, or unsigned with a zero point.
-      axis: ``None`` per tensor, or the per-channel axis.
-      where: which leaves to fake-quantize (default: weights, ``ndim >= 2``).
-
-    Returns:
-      A pytree of ``params``' structure with float leaves on the grid.
-
-    Raises:
-      ValueError: ``bits`` out of range or ``where`` selecting nothing.
-      TypeError: ``where`` selects an integer or non-array leaf.
-    """
-    bits_of = _common.per_leaf(params, bits, "bits", _common.is_int_like)
-    jtree.selected(params, where)
-
-    def visit(path: str, leaf: Any) -> Any:
-        b = bits_of(path, leaf)
-        if b is None:
-            return leaf
-        _common.check_leaf(path, leaf, where)
-        b = _common.check_bits(b, 2, 16, "bits", path)
-        return fake_quant(leaf, b, symmetric=symmetric, axis=_common.check_axis(path, leaf, axis))
-
-    return jtree.map_selected(visit, params, where)
+def _group(t: _common.Target, size: Any, axis: int | None, calibration: str):
+    """``(axis, size)`` of the scale groups of leaf ``t``, or ``None``."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"group_size at leaf {t.path!r} must be None or an int >= 1, got {size!r}")
+    d = t.axes.group_axis
+    if d is None:
+        raise ValueError(
+            f"group_size at leaf {t.path!r}: the leaf of shape {tuple(t.leaf.shape)} has no "
+            "contraction axis in its layout (leave it out of group_size)"
+        )
+    if d == axis:
+        raise ValueError(f"group_size at leaf {t.path!r}: axis={axis} is the group axis")
+    n = t.leaf.shape[d]
+    if calibration == "percentile" and n % int(size):
+        raise ValueError(
+            f"group_size={int(size)} at leaf {t.path!r} does not divide its contraction "
+            f"axis of {n} entries, which calibration='percentile' needs"
+        )
+    return d, int(size)
