@@ -45,3 +45,6 @@ __all__ = [
     "threshold",
     "uniform",
 ]
+from jaxrm.prune._oneshot import sparsegpt, wanda
+
+__all__ += ["sparsegpt", "wanda"]

@@ -28,3 +28,6 @@ __all__ = [
     "trainable",
     "uniform",
 ]
+from jaxrm.quant._gptq import gptq, rtn
+
+__all__ += ["gptq", "rtn"]

@@ -47,9 +47,26 @@ class QArray:
         return tuple(self.values.shape)
 
     def dequantize(self) -> jax.Array:
-        """Returns ``(values - zero_point) * scale`` in the original dtype."""
-        x = (self.values.astype(jnp.float32) - self.zero_point) * self.scale
+        """Returns ``(values - zero_point) * scale`` in the original dtype.
+
+        A ``scale`` axis of size ``k`` that divides the values' size ``n`` on
+        that axis (``1 < k < n``) holds group-wise parameters: each entry
+        covers ``n // k`` consecutive values (GPTQ's group size).
+        """
+        shape = self.values.shape
+        zp, scale = _groups(self.zero_point, shape), _groups(self.scale, shape)
+        x = (self.values.astype(jnp.float32) - zp) * scale
         return x.astype(self.dtype)
+
+
+def _groups(p: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Repeats group-wise parameters so that they broadcast against ``shape``."""
+    p = jnp.asarray(p)
+    if p.ndim == len(shape):
+        for a, (k, n) in enumerate(zip(p.shape, shape)):
+            if 1 < k < n and n % k == 0:
+                p = jnp.repeat(p, n // k, axis=a)
+    return p
 
 
 @jax.tree_util.register_dataclass
