@@ -61,7 +61,7 @@ class _ConvBN(nn.Module):
 def _im2col_hwi(x, kh, kw, stride, pad):
     """Patches of an NHWC input, features in the HWIO kernel's (h, w, in) order."""
     x = np.pad(np.asarray(x, np.float64), ((0, 0), pad[0], pad[1], (0, 0)))
-    n, hh, ww, c = x.shape
+    n, hh, ww, _ = x.shape
     rows = []
     for i in range(0, hh - kh + 1, stride):
         for j in range(0, ww - kw + 1, stride):
@@ -73,18 +73,26 @@ def test_conv_statistics_are_im2col_patches_in_kernel_order():
     m = _ConvBN()
     x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
     v = m.init(jax.random.key(1), x)
-    fn = lambda p, b: m.apply({"params": p, "batch_stats": v["batch_stats"]}, b)  # noqa: E731
+    fn = lambda p, b: m.apply({"params": p, "batch_stats": v["batch_stats"]}, b)
     s = calib.collect(fn, v["params"], [x])
     ls = s["Conv_0/kernel"]
     assert (ls.kind, ls.stacked, ls.contract, ls.out, ls.d_in) == ("conv", (), (0, 1, 2), (3,), 27)
     # SAME padding of 7 with stride 2 and a 3-window: 1 before, 1 after.
     _check(ls, _im2col_hwi(x, 3, 3, 2, ((1, 1), (1, 1))))
     # The patch features line up with the kernel: patches @ kernel is the conv.
-    y = _im2col_hwi(x, 3, 3, 2, ((1, 1), (1, 1))) @ np.asarray(v["params"]["Conv_0"]["kernel"]).reshape(27, 4)
+    y = _im2col_hwi(x, 3, 3, 2, ((1, 1), (1, 1))) @ np.asarray(
+        v["params"]["Conv_0"]["kernel"]
+    ).reshape(27, 4)
     y_conv = jax.lax.conv_general_dilated(
-        x, v["params"]["Conv_0"]["kernel"], (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x,
+        v["params"]["Conv_0"]["kernel"],
+        (2, 2),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    np.testing.assert_allclose(np.sort(y.ravel()), np.sort(np.asarray(y_conv).ravel()), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.sort(y.ravel()), np.sort(np.asarray(y_conv).ravel()), rtol=1e-4, atol=1e-4
+    )
     assert s["Conv_1/kernel"].contract == (0, 1, 2) and s["Conv_1/kernel"].d_in == 4
 
 
@@ -134,7 +142,7 @@ def _gelu(x):
 
 def _block_inputs(p, i, x):
     """numpy forward of block ``i``; returns its output and each kernel's input rows."""
-    g = lambda n: np.asarray(p[n]["kernel"][i], np.float64)  # noqa: E731
+    g = lambda n: np.asarray(p[n]["kernel"][i], np.float64)
     h = _ln(x)
     q, k, v = (np.einsum("btd,dhe->bthe", h, g(n)) for n in "qkv")
     a = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
@@ -235,7 +243,7 @@ def test_streaming_equals_one_shot_accumulation():
     m = _Decoder(layers=2)
     xs = [jax.random.normal(jax.random.key(i), (2, 5, 8)) for i in range(3)]
     p = m.init(jax.random.key(9), xs[0])["params"]
-    fn = lambda p, b: m.apply({"params": p}, b)  # noqa: E731
+    fn = lambda p, b: m.apply({"params": p}, b)
     streamed = calib.collect(fn, p, iter(xs))
     whole = calib.collect(fn, p, [jnp.concatenate(xs)])
     assert streamed.batches == 3 and whole.batches == 1
@@ -279,7 +287,7 @@ def test_weight_in_a_while_loop_is_reported_skipped():
 
 def test_bad_input():
     params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
-    fn = lambda p, x: x @ p["dense"]["kernel"] + p["dense"]["bias"]  # noqa: E731
+    fn = lambda p, x: x @ p["dense"]["kernel"] + p["dense"]["bias"]
     with pytest.raises(ValueError, match="empty"):
         calib.collect(fn, params, [])
     with pytest.raises(ValueError, match="dense/bias"):
@@ -288,7 +296,7 @@ def test_bad_input():
         calib.collect(None, params, [jnp.ones((2, 3))])
     s = calib.collect(fn, params, [jnp.ones((2, 3))])
     other = {"dense": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)}}
-    with pytest.raises(ValueError, match="dense/kernel.*another model"):
+    with pytest.raises(ValueError, match=r"dense/kernel.*another model"):
         s.pick(other)
-    with pytest.raises(ValueError, match="another model.*dense/kernel"):
+    with pytest.raises(ValueError, match=r"another model.*dense/kernel"):
         s.pick({"mlp": {"kernel": jnp.ones((3, 2))}})
