@@ -10,6 +10,7 @@ import numpy as np
 from jaxrm import tree as jtree
 from jaxrm.calib import LeafStats, Stats
 from jaxrm.calib._solver import Plan, inverse_factor, solve
+from jaxrm.calib._solver import params as grid_params
 from jaxrm.prune._patterns import NM
 
 __all__ = ["sparsegpt", "wanda"]
@@ -97,10 +98,17 @@ def _block(block: int, ls: LeafStats, target) -> int:
 
 
 def prune_slice(w, h, target, *, damp, block, path, index, grid=None, init=None):
-    """SparseGPT on one ``(d_out, d_in)`` matrix; returns the solver's outputs (numpy)."""
+    """SparseGPT on one ``(d_out, d_in)`` matrix; returns the solver's outputs (numpy).
+
+    With a ``grid``, kept entries are quantized in the same pass (the paper's
+    joint 50% + 4-bit mode), on per-channel parameters of the dense weights.
+    """
     w = np.array(w, np.float32, copy=True)
     rows, cols = w.shape
     w[:, np.diagonal(h) <= 0] = 0.0
+    if grid is not None and init is None:  # joint mode: per-channel grid of the dense weights
+        s, z = grid_params(jnp.asarray(w), grid)
+        init = (s[:, None], z[:, None])
     u, _ = inverse_factor(h, damp, path=path, slice_index=index)
     if isinstance(target, NM):
         plan = Plan(grid, ("nm", target.n, target.m), block)
