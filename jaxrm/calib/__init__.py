@@ -10,6 +10,7 @@ already compressed.
 """
 
 from jaxrm.calib._collect import collect
+from jaxrm.calib._sequential import sequential
 from jaxrm.calib._stats import LeafStats, Stats
 
-__all__ = ["LeafStats", "Stats", "collect"]
+__all__ = ["LeafStats", "Stats", "collect", "sequential"]

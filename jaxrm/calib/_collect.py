@@ -194,4 +194,5 @@ def _assemble(leaves, names, tracked, acc, meta, where, skipped, n_batches) -> S
             "no selected weight fed a matmul or convolution during calibration"
             + (f" (skipped: {'; '.join(skipped[:3])})" if skipped else "")
         )
-    return Stats(out, tuple(skipped), n_batches)
+    order = tuple((names[u.leaf], u.slice_index) for u in meta.values() if names[u.leaf] in out)
+    return Stats(out, tuple(skipped), n_batches, order)

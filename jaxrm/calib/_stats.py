@@ -145,11 +145,14 @@ class Stats(Mapping):
       skipped: notes on parameter uses whose statistics were not recorded (e.g.
         a weight inside a ``while`` loop); empty when every use was recorded.
       batches: the number of calibration batches seen.
+      order: ``(path, slice)`` pairs in the order the forward pass first used
+        them (the order [jaxrm.calib.sequential][] compresses them in).
     """
 
     leaves: dict[str, LeafStats]
     skipped: tuple[str, ...] = ()
     batches: int = 0
+    order: tuple[tuple[str, int], ...] = ()
 
     def __getitem__(self, path: str) -> LeafStats:
         return self.leaves[path]
