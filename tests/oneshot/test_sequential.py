@@ -37,7 +37,7 @@ def _setup():
 @pytest.mark.slow
 def test_sequential_gptq_calibrates_layer_two_on_quantized_layer_one():
     m, p, batches = _setup()
-    fn = lambda p, b: m.apply({"params": p}, b)  # noqa: E731
+    fn = lambda p, b: m.apply({"params": p}, b)
     tree, masks = calib.sequential(
         fn, p, batches, lambda p, s: (quant.gptq(p, s, 3, block=8), None)
     )
@@ -61,7 +61,7 @@ def test_sequential_gptq_calibrates_layer_two_on_quantized_layer_one():
 @pytest.mark.slow
 def test_sequential_sparsegpt_keeps_masks_per_slice():
     m, p, batches = _setup()
-    fn = lambda p, b: m.apply({"params": p}, b)  # noqa: E731
+    fn = lambda p, b: m.apply({"params": p}, b)
     tree, masks = calib.sequential(fn, p, batches, lambda p, s: prune.sparsegpt(p, s, 0.5, block=8))
     keep = np.asarray(masks["layers"]["dense"]["kernel"])
     w_new = np.asarray(tree["layers"]["dense"]["kernel"], np.float64)
