@@ -28,6 +28,7 @@ __all__ = [
     "trainable",
     "uniform",
 ]
+from jaxrm.quant._awq import awq, smooth
 from jaxrm.quant._gptq import gptq, rtn
 
-__all__ += ["gptq", "rtn"]
+__all__ += ["awq", "gptq", "rtn", "smooth"]
