@@ -130,17 +130,21 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--corpus", type=Path, default=None, help="a text file instead of the KJV")
     ap.add_argument("--only", nargs="*", default=None, help="method names to run")
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
+    ap.add_argument("--cache", type=Path, default=kjv.CACHE, help="corpus and float model cache")
     args = ap.parse_args(argv)
-    cfg = CONFIGS[args.config]
-    out = args.out or kjv.CACHE / f"results-{args.config}"
+    cfg = dict(CONFIGS[args.config])
+    if args.steps is not None:
+        cfg["steps"] = args.steps
+    out = args.out or args.cache / f"results-{args.config}"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = args.corpus.read_bytes() if args.corpus else kjv.text()
+    data = args.corpus.read_bytes() if args.corpus else kjv.text(args.cache)
     train_tok, test_tok, vocab = kjv.splits(data)
     mcfg = gpt.GPTConfig(len(vocab), cfg["d_model"], cfg["heads"], cfg["layers"], cfg["context"])
     model = gpt.GPT(mcfg)
-    tag = f"{args.config}-seed{args.seed}-{len(data)}"
-    cache = kjv.CACHE / f"float-{tag}.jrm"
+    tag = f"{args.config}-steps{cfg['steps']}-seed{args.seed}-{len(data)}"
+    cache = args.cache / f"float-{tag}.jrm"
     like = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     t_train = 0.0
     if cache.exists():
@@ -170,7 +174,11 @@ def main(argv=None) -> None:
     names = [n for n in table if args.only is None or n in args.only]
     bar = _bar(len(names) + 4, "methods")
     for name in names:
-        tree, masks, secs = llm_methods.run(table[name], params, stats)
+        try:
+            tree, masks, secs = llm_methods.run(table[name], params, stats)
+        except ImportError as e:  # Qwix is in the experiments extra
+            print(f"skipping {name}: {e}", file=sys.stderr)
+            continue
         blob = coding.encode(tree, masks=masks)
         ppl = evaluate(model, like, blob, test_tok, cfg)
         rows.append({"method": name, "bytes": len(blob), "ppl": ppl, "seconds": secs})
