@@ -38,11 +38,13 @@ test-all: $(VENV)/.test
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 bench: $(VENV)/.bench
 	@set -e; for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f; done
 
 docs: $(VENV)/.docs
+	$(PY) .ci/check_docs.py
 	$(VENV)/bin/mkdocs build --strict
 
 # LeNet-300-100, paper settings and ours, one seed each, into build/ (both tables printed).

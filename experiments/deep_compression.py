@@ -24,15 +24,15 @@ from pathlib import Path
 import jax
 
 import jaxrm
+from experiments import configs, models, pipeline, report, train
 from experiments import data as mnist
-from experiments import models, pipeline, report, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _parse_set(items: list[str]) -> dict:
     """``--set field=value`` overrides (values parsed as JSON where possible)."""
-    fields = {f.name: f for f in dataclasses.fields(pipeline.Config)}
+    fields = {f.name: f for f in dataclasses.fields(configs.Config)}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    cfg = pipeline.get_config(args.model, args.config, **_parse_set(args.set))
+    cfg = configs.get_config(args.model, args.config, **_parse_set(args.set))
     out = args.out if args.out is not None else RESULTS / cfg.short()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -16,215 +16,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 import jaxrm
 from experiments import models, train
+from experiments.checkpoints import Checkpoints
+from experiments.configs import Config
 from jaxrm import coding, prune, quant
 
-__all__ = ["CONFIGS", "Config", "Interrupted", "get_config", "run_seed"]
+__all__ = ["Interrupted", "run_seed", "summarize"]
 
 STAGES = ("dense", "prune", "quant", "coding")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Every setting of one pipeline run (all epochs count full passes over 60k)."""
-
-    name: str
-    model: str
-    batch: int = 128
-    scan: bool = True  # one lax.scan per epoch; False: a jitted step per batch (convs on CPU)
-    # stage 1: dense reference (SGD with momentum, cosine learning rate)
-    dense_epochs: int = 15
-    dense_lr: float = 0.1
-    weight_decay: float = 5e-4
-    augment: int = 0
-    # stage 2: pruning to per-layer densities (kernel path -> kept fraction)
-    densities: tuple[tuple[str, float], ...] = ()
-    prune_mode: str = "iterative"  # "iterative" (Han et al. 2015) or "polynomial" (Zhu & Gupta)
-    prune_rounds: int = 4  # iterative: rounds, density_r = target ** (r / rounds)
-    prune_epochs: int = 2  # iterative: epochs per round; polynomial: epochs of the ramp
-    prune_final_epochs: int = 4  # retraining after the last round / the ramp
-    prune_lr: float = 0.01  # the paper: 1/10 of the original learning rate
-    # stage 3: k-means weight sharing and centroid fine-tuning
-    bits: tuple[tuple[str, int], ...] = ()  # leaf path -> bits (biases may be listed too)
-    quant_epochs: int = 3
-    quant_lr: float = 1e-4
-    quant_batch: int = 500  # fewer, larger steps: the codebook gather/scatter dominates a step
-    # distillation from the dense model (0 = off), in stages 2 and 3
-    kd: float = 0.0
-    temperature: float = 4.0
-    # stage 4: coding
-    entropy: str = "huffman"
-    index_bits: int | None = 5
-
-    def short(self) -> str:
-        return f"{self.model}-{self.name}"
-
-
-def _lenet300(name: str, **kw: Any) -> Config:
-    return Config(name=name, model="lenet-300-100", **kw)
-
-
-def _lenet5(name: str, **kw: Any) -> Config:
-    return Config(name=name, model="lenet-5", **kw)
-
-
-_P300 = (("ip1/kernel", 0.08), ("ip2/kernel", 0.09), ("ip3/kernel", 0.26))
-_P5 = (("conv1/kernel", 0.66), ("conv2/kernel", 0.12), ("ip1/kernel", 0.08), ("ip2/kernel", 0.19))
-
-CONFIGS: dict[tuple[str, str], Config] = {
-    # The paper's settings: per-layer densities of Han et al. (2015), iterative
-    # prune-retrain at 1/10 of the learning rate, 6-bit (LeNet-300-100) or
-    # 8-bit conv / 5-bit fc (LeNet-5) linear-init k-means with centroid
-    # fine-tuning, Huffman coding with 5-bit relative indices.
-    ("lenet-300-100", "paper"): _lenet300(
-        "paper", densities=_P300, bits=(("ip1/kernel", 6), ("ip2/kernel", 6), ("ip3/kernel", 6))
-    ),
-    ("lenet-5", "paper"): _lenet5(
-        "paper",
-        batch=64,
-        scan=False,
-        dense_epochs=12,
-        dense_lr=0.05,
-        densities=_P5,
-        prune_epochs=1,
-        prune_final_epochs=2,
-        prune_lr=0.005,
-        bits=(("conv1/kernel", 8), ("conv2/kernel", 8), ("ip1/kernel", 5), ("ip2/kernel", 5)),
-        quant_epochs=2,
-    ),
-    # Beyond the paper: training on random translations (up to 2 pixels),
-    # gradual (polynomial) pruning to lower densities with distillation from
-    # the dense model, fewer bits on the large layers, quantized biases, rANS
-    # coding with per-leaf index widths.
-    ("lenet-300-100", "best"): _lenet300(
-        "best",
-        augment=2,
-        densities=(("ip1/kernel", 0.036), ("ip2/kernel", 0.06), ("ip3/kernel", 0.20)),
-        prune_mode="polynomial",
-        prune_epochs=8,
-        prune_final_epochs=6,
-        kd=0.7,
-        bits=(
-            ("ip1/kernel", 4), ("ip2/kernel", 4), ("ip3/kernel", 5),
-            ("ip1/bias", 5), ("ip2/bias", 5),
-        ),
-        quant_epochs=3,
-        entropy="ans",
-        index_bits=None,
-    ),
-    ("lenet-5", "best"): _lenet5(
-        "best",
-        batch=64,
-        scan=False,
-        dense_epochs=12,
-        dense_lr=0.05,
-        augment=2,
-        # the paper's densities, but half of ip1 (400K of the 431K weights)
-        densities=(
-            ("conv1/kernel", 0.66), ("conv2/kernel", 0.12),
-            ("ip1/kernel", 0.04), ("ip2/kernel", 0.19),
-        ),
-        prune_mode="polynomial",
-        prune_epochs=4,
-        prune_final_epochs=2,
-        prune_lr=0.005,
-        kd=0.7,
-        bits=(
-            ("conv1/kernel", 6), ("conv2/kernel", 5), ("ip1/kernel", 4), ("ip2/kernel", 5),
-            ("ip1/bias", 5),
-        ),
-        quant_epochs=2,
-        entropy="ans",
-        index_bits=None,
-    ),
-}
-
-
-def get_config(model: str, name: str, **overrides: Any) -> Config:
-    """Returns the configuration ``name`` of ``model``, with fields overridden."""
-    if (model, name) not in CONFIGS:
-        raise ValueError(f"no config {name!r} for model {model!r}; have {sorted(CONFIGS)}")
-    return dataclasses.replace(CONFIGS[model, name], **overrides)
-
-
 class Interrupted(RuntimeError):
     """Raised by the ``stop_after`` hook (tests of ``--resume``)."""
-
-
-# ------------------------------------------------------------------ checkpoints
-
-
-class _Checkpoints:
-    """Flat orbax checkpoints: each tree is saved as a dict of its leaves.
-
-    Saving leaves (not the tree) keeps ``None`` mask leaves, optax NamedTuples
-    and quantized dataclasses out of orbax; the caller gives a template of the
-    same structure to restore into.
-    """
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.ckptr = ocp.StandardCheckpointer()
-
-    def _dir(self, name: str) -> Path:
-        return (self.root / name).absolute()
-
-    def has(self, name: str) -> bool:
-        return (self.root / f"{name}.json").is_file()
-
-    def save(self, name: str, trees: dict[str, Any], meta: dict) -> None:
-        flat = {
-            k: {f"{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(t))}
-            for k, t in trees.items()
-        }
-        path = self._dir(name)
-        self.ckptr.save(path, flat, force=True)
-        self.ckptr.wait_until_finished()
-        _write_json(self.root / f"{name}.json", meta)  # written last: marks completion
-
-    def restore(self, name: str, templates: dict[str, Any]) -> tuple[dict[str, Any], dict]:
-        target = {
-            k: {f"{i:04d}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(t))}
-            for k, t in templates.items()
-        }
-        flat = self.ckptr.restore(self._dir(name), target)
-        out = {}
-        for k, t in templates.items():
-            leaves = [jnp.asarray(flat[k][f"{i:04d}"]) for i in range(len(target[k]))]
-            out[k] = jax.tree.unflatten(jax.tree.structure(t), leaves)
-        return out, json.loads((self.root / f"{name}.json").read_text())
-
-    def drop(self, name: str) -> None:
-        (self.root / f"{name}.json").unlink(missing_ok=True)
-        shutil.rmtree(self._dir(name), ignore_errors=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False, default=_jsonable))
-    os.replace(tmp, path)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic | jax.Array):
-        return np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x).tolist()
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -255,24 +69,16 @@ def _sgd(lr: Any, momentum: float, wd: float) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=momentum))
 
 
-def _path_dict(tree: Any) -> dict[str, Any]:
-    return dict(jaxrm.tree.leaves_with_paths(tree))
-
-
 def _tree_from_paths(like: Any, values: dict[str, Any], default: Any = None) -> Any:
     """A tree of ``like``'s structure holding ``values[path]`` (``default`` elsewhere)."""
     leaves = [values.get(p, default) for p, _ in jaxrm.tree.leaves_with_paths(like)]
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
-def _density_table(masks: Any, params: Any) -> dict[str, float]:
-    out = {}
-    for p, m in jaxrm.tree.leaves_with_paths(masks):
-        out[p] = float(np.mean(np.asarray(m)))
-    total_kept = sum(int(np.sum(np.asarray(m))) for _, m in jaxrm.tree.leaves_with_paths(masks))
-    total = sum(int(np.size(x)) for p, x in jaxrm.tree.leaves_with_paths(params) if p in out)
-    out["total"] = total_kept / total
-    return out
+def _density_table(masks: Any) -> dict[str, float]:
+    """Kept fraction per masked leaf and over them all (``"total"``)."""
+    s = prune.summary(masks)
+    return {**{r.path: r.density for r in s.rows}, "total": s.density}
 
 
 def _sparsity_tree(params: Any, densities: dict[str, float]) -> Any:
@@ -295,7 +101,7 @@ class _Run:
         self.cfg, self.seed, self.data = cfg, seed, data
         self.apply = models.apply_fn(cfg.model)
         self.quiet = quiet
-        self.ck = _Checkpoints(ckdir)
+        self.ck = Checkpoints(ckdir)
         ckdir.mkdir(parents=True, exist_ok=True)
         if not resume:
             for name in list(STAGES) + [f"{s}-partial" for s in STAGES]:
@@ -316,8 +122,15 @@ class _Run:
     def _train(self, stage: str, theta: Any, opt: optax.GradientTransformation, epochs: int, *,
                frozen: Any = None, masks: Any = None, teacher: Any = None,
                to_params=lambda t, f: t, project=lambda t, m: t, kd: float = 0.0,
-               augment: int = 0, on_epoch=None, batch: int | None = None) -> tuple[Any, float]:
-        """Trains ``epochs`` epochs with per-epoch checkpoints; returns (theta, seconds)."""
+               augment: int = 0, on_epoch=None,
+               batch: int | None = None) -> tuple[Any, Any, float]:
+        """Trains ``epochs`` epochs with per-epoch checkpoints.
+
+        Returns:
+          ``(theta, masks, seconds)``: the trained variables, the masks as
+          ``on_epoch`` left them (``masks`` itself when it does not change
+          them), and the training time summed over all runs of this stage.
+        """
         sid = STAGES.index(stage)
         opt_state = opt.init(theta)
         start, elapsed = 0, 0.0
@@ -432,7 +245,7 @@ class _Run:
         )
         params = prune.apply(params, masks)
         rec = {"error": train.error_rate(self.apply, params, self.data), "seconds": secs,
-               "epochs": total, "mode": cfg.prune_mode, "density": _density_table(masks, params)}
+               "epochs": total, "mode": cfg.prune_mode, "density": _density_table(masks)}
         self._stage_done("prune", {"params": params, "masks": masks}, rec)
         return params, masks, rec
 

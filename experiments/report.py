@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 import jaxrm
-from experiments import paper, train
+from experiments import configs, paper, train
 from jaxrm import coding, prune, quant
 
 __all__ = ["plot_layers", "plot_tradeoff", "plot_weights", "sweep", "tables"]
@@ -26,11 +26,7 @@ def _layer_name(path: str) -> str:
 
 def _overrides(results: dict) -> list[str]:
     """A note listing the fields that differ from the named configuration."""
-    import dataclasses
-
-    from experiments import pipeline
-
-    base = dataclasses.asdict(pipeline.get_config(results["model"], results["config"]["name"]))
+    base = dataclasses.asdict(configs.get_config(results["model"], results["config"]["name"]))
     diff = {k: v for k, v in results["config"].items()
             if k in base and json.dumps(v) != json.dumps(base[k])}
     if not diff:
@@ -252,9 +248,3 @@ def plot_tradeoff(path: Path, sw: dict, ours: list[tuple[str, float, float]]) ->
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def pytree_stats(tree: Any) -> dict:
-    """Per-leaf shape and nonzero counts (for results.json)."""
-    return {p: {"shape": list(np.shape(x)), "nonzero": int(np.count_nonzero(np.asarray(x)))}
-            for p, x in jaxrm.tree.leaves_with_paths(jax.device_get(tree))}

@@ -19,15 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrm import distill
+
 __all__ = [
     "Data",
     "caffe_inv",
     "device_data",
     "error_rate",
-    "kd_loss",
     "make_epoch",
-    "merge",
-    "split_floats",
 ]
 
 
@@ -57,34 +56,6 @@ def _inputs(images: jax.Array) -> jax.Array:
 def caffe_inv(base_lr: float, gamma: float = 1e-4, power: float = 0.75) -> optax.Schedule:
     """Caffe's ``inv`` policy: ``base_lr * (1 + gamma * step) ** -power``."""
     return lambda step: base_lr * (1.0 + gamma * step) ** (-power)
-
-
-def split_floats(tree: Any) -> tuple[dict, dict, Any]:
-    """Splits ``tree``'s leaves into trainable floats and frozen others.
-
-    Returns ``(theta, frozen, treedef)`` where both dicts map the leaf's
-    flattening index (as a string) to the leaf; :func:`merge` inverts it.
-    Integer and bool leaves (codebook indices, masks) must not enter optax.
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    theta, frozen = {}, {}
-    for i, leaf in enumerate(leaves):
-        floating = jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
-        (theta if floating else frozen)[f"{i:04d}"] = leaf
-    return theta, frozen, treedef
-
-
-def merge(theta: dict, frozen: dict, treedef: Any) -> Any:
-    """Inverse of :func:`split_floats`."""
-    both = {**theta, **frozen}
-    return jax.tree.unflatten(treedef, [both[k] for k in sorted(both)])
-
-
-def kd_loss(student: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
-    """Per-example KL(teacher || student) at ``temperature``, times ``temperature**2``."""
-    t = jax.nn.log_softmax(teacher / temperature)
-    s = jax.nn.log_softmax(student / temperature)
-    return (temperature**2) * jnp.sum(jnp.exp(t) * (t - s), axis=-1)
 
 
 def _shift(images: jax.Array, key: jax.Array, pixels: int) -> jax.Array:
@@ -119,8 +90,8 @@ def make_epoch(
       batch: minibatch size.
       to_params: ``(theta, frozen) -> params`` for ``apply``.
       project: ``(theta, masks) -> theta`` applied after each update.
-      kd: weight of the distillation term (0 disables it); the cross-entropy
-        gets ``1 - kd``.
+      kd: weight of the distillation term ``jaxrm.distill.kd`` (0 disables
+        it); the cross-entropy gets ``1 - kd``.
       temperature: distillation temperature.
       augment: random translation in pixels (0 disables it).
       scan: run the epoch as one ``lax.scan`` (best for MLPs); ``False`` runs
@@ -133,7 +104,7 @@ def make_epoch(
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         if kd:
             t_logits = jax.lax.stop_gradient(apply(teacher, x))
-            loss = (1.0 - kd) * loss + kd * kd_loss(logits, t_logits, temperature)
+            loss = (1.0 - kd) * loss + kd * distill.kd(logits, t_logits, temperature)
         return loss.mean()
 
     def step(carry, inp, frozen, masks, teacher, data):
@@ -212,10 +183,3 @@ def _errors_jit(apply, batch):
 
         _cache[key] = f
     return _cache[key]
-
-
-def logits_of(apply: Callable, params: Any, images: jax.Array, *, batch: int = 1000) -> jax.Array:
-    """Logits of ``params`` on uint8 ``images`` (batched)."""
-    n = images.shape[0] // batch
-    xb = images[: n * batch].reshape(n, batch, *images.shape[1:])
-    return jax.lax.map(lambda b: apply(params, _inputs(b)), xb).reshape(n * batch, -1)

@@ -8,10 +8,14 @@ and ``report`` prints the per-layer size table of Deep Compression.
 """
 
 from jaxrm.coding._bits import FormatError
-from jaxrm.coding._format import MAGIC, VERSION, decode, encode, load, save
+from jaxrm.coding._decode import decode
+from jaxrm.coding._encode import encode
+from jaxrm.coding._files import load, save
+from jaxrm.coding._records import DEFAULT_MAX_ELEMENTS, MAGIC, VERSION
 from jaxrm.coding._report import Report, ReportRow, report
 
 __all__ = [
+    "DEFAULT_MAX_ELEMENTS",
     "MAGIC",
     "VERSION",
     "FormatError",

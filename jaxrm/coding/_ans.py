@@ -117,7 +117,7 @@ def encode(sym: np.ndarray, alphabet: int, width: int) -> bytes:
 
 
 def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> np.ndarray:
-    """Decodes ``count`` symbols from a section made by :func:`encode`."""
+    """Decodes ``count`` symbols from a section made by [`encode`][jaxrm.coding.encode]."""
     r = ByteReader(data)
     lanes = r.uint(4)
     mode = r.uint(1)

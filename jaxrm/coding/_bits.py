@@ -42,7 +42,7 @@ def pack_fixed(symbols: np.ndarray, width: int) -> bytes:
 
 
 def unpack_fixed(data: bytes | memoryview, count: int, width: int) -> np.ndarray:
-    """Inverse of :func:`pack_fixed`: returns ``count`` integers as ``uint32``."""
+    """Inverse of `pack_fixed`: returns ``count`` integers as ``uint32``."""
     if count == 0:
         return np.zeros(0, np.uint32)
     if width == 0:

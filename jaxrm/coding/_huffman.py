@@ -212,7 +212,7 @@ def _read_lengths(r: ByteReader, alphabet: int, width: int) -> tuple[np.ndarray,
 
 
 def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> np.ndarray:
-    """Decodes ``count`` symbols from a section made by :func:`encode`."""
+    """Decodes ``count`` symbols from a section made by [`encode`][jaxrm.coding.encode]."""
     r = ByteReader(data)
     lengths, single = _read_lengths(r, alphabet, width)
     lanes = r.uint(4)

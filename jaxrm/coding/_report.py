@@ -1,13 +1,23 @@
-"""Deep Compression's size tables (Tables 2-4) read from a real ``.jrm`` file."""
+"""Deep Compression's size tables (Tables 2-4) read from a real ``.jrm`` file.
+
+The report parses and checks the file exactly as ``decode`` does (the same
+manifest parser and stream decoders), so it never prints numbers of a file
+that ``decode`` would refuse.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
-from jaxrm.coding import _format
-from jaxrm.coding._bits import bit_width
+import numpy as np
+
+from jaxrm import tree as jtree
+from jaxrm.coding import _decode, _encode
+from jaxrm.coding import _records as mf
+from jaxrm.coding._bits import FormatError, bit_width
+from jaxrm.coding._manifest import parse
+from jaxrm.quant._types import is_quantized
 
 __all__ = ["Report", "ReportRow", "report"]
 
@@ -100,94 +110,169 @@ class Report:
         return self.to_markdown()
 
 
-def _fixed_bytes(stream: dict, bits: int | None = None) -> int:
-    width = bits if bits is not None else bit_width(stream["alphabet"] - 1)
-    return -(-stream["count"] * width // 8)
+def _fixed_bits(run: mf.Symbols) -> int:
+    return run.count * bit_width(run.alphabet - 1)
 
 
-def _row(p: Any, e: dict) -> ReportRow:
-    sec = lambda meta: len(p.sections[meta["section"]])
-    size = math.prod(e["shape"])
-    original = size * e["dtype"].itemsize
-    if e["kind"] == "raw":
-        n = sec(e["data"])
-        bits = e["dtype"].itemsize * 8
-        return ReportRow(e["path"], "raw", size, size, bits, bits, 0.0, 0.0, original, n, n)
-    sparse = "index" in e
-    kept = e["kept"] if sparse else size
+class _Sizes:
+    """Stored bytes of each run and raw array; runs of a shared stream get its bytes pro rata."""
+
+    def __init__(self, m: mf.Manifest):
+        self.m = m
+
+    def run(self, r: mf.Symbols) -> float:
+        s = self.m.streams[r.stream]
+        return len(self.m.sections[s.section]) * (r.count / s.count) if s.count else 0.0
+
+    def raw(self, r: mf.Raw | None) -> int:
+        return 0 if r is None else r.nbytes
+
+
+def _row(z: _Sizes, e: mf.Leaf, kept: int, path: str | None = None, share: float = 1.0):
+    """The row of leaf ``e`` (or the ``share`` of it that one stacked slice holds)."""
+    weights = e.size if path is None else round(e.size * share)
+    original = weights * e.dtype.itemsize
+    if isinstance(e, mf.RawLeaf):
+        n = round(z.raw(e.data) * share)
+        bits = e.dtype.itemsize * 8
+        return ReportRow(path or e.path, "raw", weights, weights, bits, bits, 0.0, 0.0,
+                         original, n, n)  # fmt: skip
+    sp = e.sparse
     per = (lambda b: b / kept) if kept else (lambda b: 0.0)
-    side = 0  # codebooks, scales and zero points: stored raw either way
-    for key in ("centroids", "scale", "zero_point"):
-        if key in e:
-            side += sec(e[key])
-    if e["kind"] == "sparse":
-        v_pq = v = sec(e["values"])
-    else:
-        v_pq, v = _fixed_bytes(e["values"]), sec(e["values"])
-    if sparse:
-        i_pq, i = _fixed_bytes(e["index"]), sec(e["index"])
-    else:
-        i_pq = i = 0
-    if e["kind"] == "sparse":
+    side = sum(z.raw(getattr(e, k, None)) for k in ("centroids", "scale", "zero_point")) * share
+    if isinstance(e, mf.SparseLeaf):
+        v_pq = v = z.raw(e.values) * share
         vbits_pq = vbits = 8 * v
     else:
-        vbits_pq = e["values"]["count"] * bit_width(e["values"]["alphabet"] - 1)
-        vbits = 8 * v
-    ibits_pq = e["index"]["count"] * e["index_bits"] if sparse else 0
+        v_pq, v = _fixed_bits(e.values) / 8 * share, z.run(e.values) * share
+        vbits_pq, vbits = _fixed_bits(e.values) * share, 8 * v
+    i_pq = i = ibits_pq = 0.0
+    if sp is not None:
+        i_pq, i = _fixed_bits(sp.index) / 8 * share, z.run(sp.index) * share
+        ibits_pq = sp.entries * sp.index_bits * share
     return ReportRow(
-        path=e["path"],
-        kind=e["kind"],
-        weights=size,
+        path=path or e.path,
+        kind=e.kind,
+        weights=weights,
         kept=kept,
         weight_bits_pq=per(vbits_pq),
         weight_bits_pqh=per(vbits),
         index_bits_pq=per(ibits_pq),
         index_bits_pqh=per(8 * i),
         original_bytes=original,
-        bytes_pq=v_pq + i_pq + side,
-        bytes=v + i + side,
+        bytes_pq=round(-(-v_pq // 1) + -(-i_pq // 1) + side),
+        bytes=round(v + i + side),
     )
 
 
-def report(tree_or_bytes: Any, masks: Any = None, **encode_kwargs: Any) -> Report:
+def _slices(e: mf.Leaf, parts: _decode.Parts, axis: int) -> list[tuple[str, int, float]]:
+    """(path, kept, share of the stored entries) of each slice along the stacked ``axis``."""
+    shape = e.shape
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"stacked axis {axis} is out of range for the leaf {e.path!r} {shape}")
+    axis %= len(shape)
+    n = shape[axis]
+    inner = int(np.prod(shape[axis + 1 :]))
+    if parts.positions is None:
+        kept = [e.size // n] * n
+    else:
+        kept = np.bincount((parts.positions // inner) % n, minlength=n).tolist()
+    return [(f"{e.path}[{i}]", int(k), 1.0 / n) for i, k in enumerate(kept)]
+
+
+def _stacked_axes(stacked: Any, tree: Any, m: mf.Manifest) -> list[int | None]:
+    """The stacked axis of each leaf (``None``: one row), from the tree's layouts or by path."""
+    if tree is not None:
+        if stacked is None:
+            return [None] * len(m.leaves)
+        found = jtree.layouts(tree, stacked=stacked, is_leaf=is_quantized)
+        return [lay.stacked[0] if lay is not None and lay.stacked else None for lay in found]
+    paths = [e.path for e in m.leaves]
+    if stacked is None or isinstance(stacked, int):
+        return [stacked] * len(paths)
+    if isinstance(stacked, dict):
+        return [stacked.get(p) for p in paths]
+    if callable(stacked):
+        return [stacked(p, e) for p, e in zip(paths, m.leaves)]
+    rules = jtree.Rules(stacked, "stacked")
+    return [None if (i := rules.find(p)) is None else rules[i][1] for p in paths]
+
+
+def report(
+    tree_or_bytes: Any,
+    masks: Any = None,
+    *,
+    stacked: Any = None,
+    max_elements: int = mf.DEFAULT_MAX_ELEMENTS,
+    **encode_kwargs: Any,
+) -> Report:
     """Size report of a compressed model, in Deep Compression's table columns.
 
     Args:
       tree_or_bytes: ``.jrm`` bytes, or a tree that is first encoded with
-        :func:`encode` (with ``masks`` and ``encode_kwargs``).
-      masks: masks for encoding a tree (see :func:`encode`).
+        [jaxrm.coding.encode][] (with ``masks`` and ``encode_kwargs``).
+      masks: masks for encoding a tree (see [jaxrm.coding.encode][]).
+      stacked: rows per stacked slice: a per-leaf setting of the stacked axis
+        (an int or ``None``; a pytree, callable or ``[(regex, axis), ...]``
+        rules; for bytes also a ``{path: axis}`` dict). A stacked leaf gives
+        one row per slice (``"path[i]"``) with its exact weights and kept
+        counts; its stored bytes are apportioned by the slice's share of the
+        leaf (one stream holds all slices).
+      max_elements: the decode limit the bytes are checked against.
       **encode_kwargs: ``entropy`` and ``index_bits`` for encoding a tree.
 
     Returns:
-      A :class:`Report`; its total ``bytes`` equals the encoded file's size.
+      A [jaxrm.coding.Report][]; its total ``bytes`` equals the encoded file's size.
 
     Raises:
-      FormatError: the bytes are not a well-formed ``.jrm`` file.
+      FormatError: the bytes are not a well-formed ``.jrm`` file (checked as
+        [jaxrm.coding.decode][] checks it, streams included).
     """
+    tree = None
     if isinstance(tree_or_bytes, bytes | bytearray | memoryview):
         if masks is not None or encode_kwargs:
             raise ValueError("masks and encoding options apply to a tree, not to bytes")
         data = tree_or_bytes
     else:
-        data = _format.encode(tree_or_bytes, masks=masks, **encode_kwargs)
-    p = _format.parse(data)
-    rows = tuple(_row(p, e) for e in p.leaves)
-    overhead = len(data) - sum(len(s) for s in p.sections)
-    kept = sum(r.kept for r in rows)
-    per = (lambda attr: sum(getattr(r, attr) * r.kept for r in rows) / kept) if kept else (
+        tree = tree_or_bytes
+        data = _encode.encode(tree, masks=masks, **encode_kwargs)
+    m = parse(data, max_elements=max_elements)
+    axes = _stacked_axes(stacked, tree, m)
+    reader, sizes = _decode.Reader(m), _Sizes(m)
+    rows: list[ReportRow] = []
+    for e, axis in zip(m.leaves, axes):
+        try:
+            parts = reader.parts(e)
+        except (FormatError, MemoryError):
+            raise
+        except Exception as err:
+            raise FormatError(f"malformed .jrm data: {type(err).__name__}: {err}") from err
+        kept = e.size if parts.positions is None else len(parts.positions)
+        if isinstance(e, mf.SparseLeaf):
+            kept = e.sparse.kept
+        if axis is None or not e.shape:
+            rows.append(_row(sizes, e, kept))
+        else:
+            slices = _slices(e, parts, axis)
+            rows.extend(_row(sizes, e, k, path, share) for path, k, share in slices)
+    rows_t = tuple(rows)
+    stored = sum(r.bytes for r in rows_t)
+    overhead = len(data) - stored
+    kept = sum(r.kept for r in rows_t)
+    per = (lambda attr: sum(getattr(r, attr) * r.kept for r in rows_t) / kept) if kept else (
         lambda attr: 0.0
     )
     total = ReportRow(
         path="total",
         kind="",
-        weights=sum(r.weights for r in rows),
+        weights=sum(r.weights for r in rows_t),
         kept=kept,
         weight_bits_pq=per("weight_bits_pq"),
         weight_bits_pqh=per("weight_bits_pqh"),
         index_bits_pq=per("index_bits_pq"),
         index_bits_pqh=per("index_bits_pqh"),
-        original_bytes=sum(r.original_bytes for r in rows),
-        bytes_pq=sum(r.bytes_pq for r in rows) + overhead,
-        bytes=sum(r.bytes for r in rows) + overhead,
+        original_bytes=sum(r.original_bytes for r in rows_t),
+        bytes_pq=sum(r.bytes_pq for r in rows_t) + overhead,
+        bytes=len(data),
     )
-    return Report(rows=rows, total=total, overhead_bytes=overhead)
+    return Report(rows=rows_t, total=total, overhead_bytes=overhead)

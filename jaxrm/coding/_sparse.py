@@ -28,7 +28,7 @@ def relative_indices(gap: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray
     """Index codes with fillers for ``gap`` at ``bits`` bits per index.
 
     Args:
-      gap: gaps between kept entries, as returned by :func:`gaps`.
+      gap: gaps between kept entries, as returned by `gaps`.
       bits: the index width.
 
     Returns:

@@ -7,12 +7,15 @@ for padded examples or tokens, ``loss.sum() / mask.sum()``. All work under
 ``jit``, ``grad`` and ``vmap`` and accept bfloat16 inputs (computed in at least
 float32, returned in the inputs' dtype).
 
-* logits ``[..., classes]``: :func:`kd`, :func:`soft_cross_entropy`,
-  :func:`kd_with_labels` (Hinton et al. 2015);
-* features ``[batch, ...]``: :func:`hint` (FitNets), :func:`attention_transfer`
-  (Zagoruyko & Komodakis 2017), :func:`cosine`;
-* relations within a batch ``[batch, ...]``: :func:`rkd_distance`,
-  :func:`rkd_angle` (Park et al. 2019), :func:`pkt` (Passalis & Tefas 2018).
+* logits ``[..., classes]``: [`kd`][jaxrm.distill.kd],
+  [`soft_cross_entropy`][jaxrm.distill.soft_cross_entropy],
+  [`kd_with_labels`][jaxrm.distill.kd_with_labels] (Hinton et al. 2015);
+* features ``[batch, ...]``: [`hint`][jaxrm.distill.hint] (FitNets),
+  [`attention_transfer`][jaxrm.distill.attention_transfer]
+  (Zagoruyko & Komodakis 2017), [`cosine`][jaxrm.distill.cosine];
+* relations within a batch ``[batch, ...]``: [`rkd_distance`][jaxrm.distill.rkd_distance],
+  [`rkd_angle`][jaxrm.distill.rkd_angle] (Park et al. 2019), [`pkt`][jaxrm.distill.pkt] (Passalis &
+  Tefas 2018).
 """
 
 from jaxrm.distill._features import attention_transfer, cosine, hint

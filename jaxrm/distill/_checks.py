@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 # Losses are computed in at least float32, so bfloat16/float16 inputs keep
 # their dtype on the way out but do not lose range or precision in exp/log.
@@ -33,6 +34,11 @@ def as_float_array(x: Any, name: str) -> jax.Array:
             f"cast it, e.g. {name}.astype(jnp.float32)"
         )
     return jnp.asarray(x)
+
+
+def is_traced(*xs: Any) -> bool:
+    """Whether any of ``xs`` is a tracer (its values are unknown until run time)."""
+    return any(isinstance(x, Tracer) for x in xs)
 
 
 def check_ndim(x: jax.Array, name: str, minimum: int, what: str) -> None:
@@ -78,7 +84,7 @@ def check_batch(s: jax.Array, t: jax.Array, names: tuple[str, str]) -> None:
 def positive_number(value: Any, name: str, traced: bool = True) -> Any:
     """Checks a hyperparameter is a finite number > 0; traced values pass unchecked
     where ``traced`` allows them."""
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         if traced:
             return value
         raise TypeError(f"{name} must be a concrete Python number (it is static), got a tracer")
@@ -92,7 +98,7 @@ def positive_number(value: Any, name: str, traced: bool = True) -> Any:
 
 def unit_interval(value: Any, name: str) -> Any:
     """Checks a weight is a number in [0, 1]; traced values pass unchecked."""
-    if isinstance(value, jax.core.Tracer):
+    if isinstance(value, Tracer):
         return value
     if isinstance(value, bool) or not _is_real_scalar(value):
         raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")

@@ -7,6 +7,7 @@ token, when ``axis`` keeps more leading axes).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -137,7 +138,8 @@ def _cosine(s, t, m, axes):
 def _attention_map(act: jax.Array, p, channel_axis: int) -> jax.Array:
     """Normalized spatial attention ``F / ||F||`` with ``F = mean_c |A_c|^p``, ``[batch, S]``."""
     powered = jnp.square(act) if p == 2 else jnp.abs(act) ** p
-    f = jnp.mean(powered, axis=channel_axis).reshape(act.shape[0], -1)
+    f = jnp.mean(powered, axis=channel_axis)
+    f = f.reshape(act.shape[0], math.prod(f.shape[1:]))  # an empty batch has no -1 to infer
     return c.normalize(f, axis=-1)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrm.distill import _checks as c
 
@@ -118,7 +119,7 @@ def soft_cross_entropy(
 
     ``-T**2 * sum_k q_k log softmax(student / T)_k`` with
     ``q = softmax(teacher / T)`` (or ``q = teacher`` when ``probs=True``, e.g.
-    cached teacher probabilities). It differs from :func:`kd` by
+    cached teacher probabilities). It differs from [`kd`][jaxrm.distill.kd] by
     ``T**2 * H(q)``, the teacher's entropy, which does not depend on the
     student: both give the student the same gradient, but this one is not 0
     when student equals teacher (its minimum is ``T**2 * H(q)``).
@@ -137,12 +138,15 @@ def soft_cross_entropy(
       Array of shape ``student_logits.shape[:-1]``, non-negative.
 
     Raises:
-      TypeError: if an input is not floating, ``temperature`` is not a number
-        or ``mask`` is not bool.
+      TypeError: if an input is not floating, ``temperature`` is not a number,
+        ``probs`` is not a bool or ``mask`` is not bool.
       ValueError: if the class counts or batch shapes differ, ``temperature``
         is not > 0, or ``mask`` does not broadcast.
     """
     c.positive_number(temperature, "temperature")
+    if not isinstance(probs, bool | np.bool_):
+        # bool("no") is True: a non-bool would silently pick a branch.
+        raise TypeError(f"probs must be a bool, got {probs!r}")
     s, t, m = _validate(student_logits, teacher, mask, ("student_logits", "teacher"))
     return _soft_cross_entropy(s, t, m, temperature, bool(probs))
 
@@ -164,6 +168,7 @@ def kd_with_labels(
     alpha: float = 0.5,
     temperature: float = 1.0,
     mask: jax.Array | None = None,
+    ignore_label: int | None = None,
 ) -> jax.Array:
     """Hinton et al.'s combined objective: hard-label cross entropy plus ``kd``.
 
@@ -176,12 +181,20 @@ def kd_with_labels(
       teacher_logits: floating array of the same shape.
       labels: integer class indices of shape ``student_logits.shape[:-1]``, or
         floating targets (one-hot or smoothed) of ``student_logits``' shape.
-        Integer labels outside ``[0, classes)`` contribute no hard loss, so
-        mask padded positions rather than relying on a sentinel label.
+        Integer labels must lie in ``[0, classes)`` wherever ``mask`` is
+        ``True`` (padded positions may hold anything), unless equal to
+        ``ignore_label``: concrete labels out of range raise ``ValueError``;
+        under ``jit``, where values cannot be checked, such an example's
+        loss is NaN (as in ``optax.softmax_cross_entropy_with_integer_labels``),
+        never a silently smaller loss.
       alpha: weight of the distillation term, in ``[0, 1]``.
       temperature: softmax temperature ``T > 0`` of the distillation term.
       mask: optional bool array broadcastable to ``student_logits.shape[:-1]``;
         ``False`` entries return 0 and get no gradient.
+      ignore_label: an integer label that marks an unlabeled example (e.g.
+        ``-1`` for semi-supervised batches): its hard term is 0 and its loss
+        is ``alpha * kd`` alone. ``None`` (default): every label must be a
+        class index.
 
     Returns:
       Array of shape ``student_logits.shape[:-1]``.
@@ -190,28 +203,67 @@ def kd_with_labels(
       TypeError: if the logits are not floating, ``labels`` is neither integer
         nor floating, a hyperparameter is not a number, or ``mask`` is not bool.
       ValueError: if shapes disagree (naming the argument), ``alpha`` is
-        outside ``[0, 1]`` or ``temperature`` is not > 0.
+        outside ``[0, 1]``, ``temperature`` is not > 0, or concrete integer
+        ``labels`` fall outside ``[0, classes)`` at an unmasked position
+        (other than ``ignore_label``).
     """
     c.unit_interval(alpha, "alpha")
     c.positive_number(temperature, "temperature")
+    if ignore_label is not None and (
+        isinstance(ignore_label, bool) or not isinstance(ignore_label, int | np.integer)
+    ):
+        raise TypeError(f"ignore_label must be None or an int, got {ignore_label!r}")
     s, t, m = _validate(student_logits, teacher_logits, mask)
     y = _targets(labels, s.shape)
-    return _kd_with_labels(s, t, y, m, alpha, temperature)
+    ignore = None if ignore_label is None else int(ignore_label)
+    _check_label_range(y, m, s.shape[-1], ignore)
+    return _kd_with_labels(s, t, y, m, alpha, temperature, ignore)
 
 
-@jax.jit
-def _kd_with_labels(s, t, y, m, alpha, temperature):
+@functools.partial(jax.jit, static_argnums=6)
+def _kd_with_labels(s, t, y, m, alpha, temperature, ignore):
     out_dtype = c.result_dtype(s, t)
     s, t = _cast(s, t, m)
+    in_range = None
     if jnp.issubdtype(y.dtype, jnp.integer):
-        y = jax.nn.one_hot(y, s.shape[-1], dtype=s.dtype)
+        in_range = (y >= 0) & (y < s.shape[-1])
+        labeled = jnp.ones(y.shape, bool) if ignore is None else y != ignore
+        in_range |= ~labeled
+        # An unlabeled example's target is the zero vector: no hard term.
+        y = jax.nn.one_hot(y, s.shape[-1], dtype=s.dtype) * labeled[..., None]
     y = jax.lax.stop_gradient(y.astype(s.dtype))
     if m is not None:
         y = jnp.where(m[..., None], y, 0)
     hard = _cross_entropy(y, jax.nn.log_softmax(s, axis=-1))
+    if in_range is not None:
+        # one_hot maps an out-of-range label to the zero vector, which would
+        # drop the hard term without a trace; NaN flags it (masked rows are
+        # zeroed by ``finish`` below, so padding sentinels stay harmless).
+        hard = jnp.where(in_range, hard, jnp.nan)
     log_p_s, log_p_t = _log_softmax(s, temperature), _log_softmax(t, temperature)
     soft = c.zero_where_equal(temperature**2 * _kl(log_p_t, log_p_s), s, t, -1)
     return c.finish(alpha * soft + (1 - alpha) * hard, m, out_dtype)
+
+
+def _check_label_range(
+    y: jax.Array, m: jax.Array | None, classes: int, ignore: int | None
+) -> None:
+    """Raises ``ValueError`` for concrete integer labels outside ``[0, classes)``."""
+    if not jnp.issubdtype(y.dtype, jnp.integer) or c.is_traced(y, m):
+        return
+    labels = np.asarray(y)
+    bad = (labels < 0) | (labels >= classes)
+    if ignore is not None:
+        bad &= labels != ignore
+    if m is not None:
+        bad &= np.asarray(m)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"labels must be class indices in [0, {classes}) where mask is True; "
+            f"labels{list(first)} = {int(labels[first])} ({int(bad.sum())} out of range); "
+            "mask padded positions, or pass ignore_label= for unlabeled examples"
+        )
 
 
 def _targets(labels: Any, logits_shape: tuple[int, ...]) -> jax.Array:

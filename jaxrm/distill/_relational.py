@@ -4,10 +4,14 @@ These compare the *relations* between the examples of a batch, so student and
 teacher embeddings may have different widths. Embeddings are ``[batch, ...]``
 (trailing axes are flattened); each loss returns one value per example, whose
 mean over the (valid) batch is the batch loss. A ``mask`` removes padded
-examples from every relation, exactly as if they were not in the batch.
+examples from every relation, exactly as if they were not in the batch. An
+empty batch (``batch = 0``) has no relations: the result is an empty ``[0]``
+array, whose sum is 0.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +35,9 @@ def _cast(s, t, m):
     gradient, clears padding; also returns the 0/1 weights of valid examples."""
     n = s.shape[0]
     dtype = c.compute_dtype(s, t)
-    s = s.reshape(n, -1).astype(dtype)
-    t = jax.lax.stop_gradient(t.reshape(n, -1).astype(dtype))
+    # Explicit widths: ``reshape(n, -1)`` cannot infer the width of an empty batch.
+    s = s.reshape(n, math.prod(s.shape[1:])).astype(dtype)
+    t = jax.lax.stop_gradient(t.reshape(n, math.prod(t.shape[1:])).astype(dtype))
     if m is None:
         return s, t, jnp.ones((n,), dtype)
     s = jnp.where(m[:, None], s, 0)

@@ -1,13 +1,16 @@
 """Make training fit in device memory: remat, memory reports, batch fitting, sharding.
 
-* Rematerialization: :data:`POLICIES`, :func:`policy`, :func:`remat`,
-  :func:`residuals`, :func:`residual_bytes`.
-* Reports read from the compiled executable: :func:`report` ->
-  :class:`MemoryReport`, :func:`device_budget`.
-* Fitting to a budget: :func:`fit_batch`, :func:`choose_policy`, and
-  :func:`accumulate` (gradient accumulation over micro-batches).
-* Sharding: :func:`mesh`, :func:`rules`, :func:`fsdp`, :func:`data_sharding`,
-  :func:`shard`, :func:`per_device_bytes`.
+* Rematerialization: [`POLICIES`][jaxrm.memory.POLICIES], [`policy`][jaxrm.memory.policy],
+  [`remat`][jaxrm.memory.remat],
+  [`residuals`][jaxrm.memory.residuals], [`residual_bytes`][jaxrm.memory.residual_bytes].
+* Reports read from the compiled executable: [`report`][jaxrm.memory.report] ->
+  [`MemoryReport`][jaxrm.memory.MemoryReport], [`device_budget`][jaxrm.memory.device_budget].
+* Fitting to a budget: [`fit_batch`][jaxrm.memory.fit_batch],
+  [`choose_policy`][jaxrm.memory.choose_policy], and
+  [`accumulate`][jaxrm.memory.accumulate] (gradient accumulation over micro-batches).
+* Sharding: [`mesh`][jaxrm.memory.mesh], [`rules`][jaxrm.memory.rules], [`fsdp`][jaxrm.memory.fsdp],
+  [`data_sharding`][jaxrm.memory.data_sharding],
+  [`shard`][jaxrm.memory.shard], [`per_device_bytes`][jaxrm.memory.per_device_bytes].
 """
 
 from jaxrm.memory._accumulate import accumulate

@@ -139,7 +139,7 @@ def choose_policy(
 
     Args:
       build: ``build(policy_name) -> (fn, args)``, the step under that policy
-        (e.g. using :func:`remat`).
+        (e.g. using [`remat`][jaxrm.memory.remat]).
       budget_bytes: bytes per device; defaults to the device's
         ``memory_stats()["bytes_limit"]`` (GPU/TPU only, required on CPU).
       policies: the names to try, in order of preference.

@@ -37,7 +37,7 @@ POLICIES: types.MappingProxyType[str, Callable[..., Any]] = types.MappingProxyTy
 ``"none"`` saves everything (no recomputation), ``"full"`` saves nothing,
 ``"dots"`` saves matmul outputs, ``"dots_no_batch"`` saves matmul outputs
 without batch dimensions, ``"offload_dots"`` offloads those to host memory
-(GPU/TPU only). ``"names:a,b"`` (not a key here, see :func:`policy`) saves only
+(GPU/TPU only). ``"names:a,b"`` (not a key here, see [`policy`][jaxrm.memory.policy]) saves only
 the values tagged ``jax.ad_checkpoint.checkpoint_name(x, "a")`` or ``"b"``.
 """
 
@@ -52,7 +52,7 @@ def policy(name: str | Callable[..., Any]) -> Callable[..., Any]:
     """Returns the ``jax.checkpoint`` policy for a name.
 
     Args:
-      name: a key of :data:`POLICIES`, ``"names:a,b,..."`` (save only the
+      name: a key of [`POLICIES`][jaxrm.memory.POLICIES], ``"names:a,b,..."`` (save only the
         values tagged with these ``checkpoint_name``\\ s), or a policy callable,
         which is returned as is.
 
@@ -104,7 +104,7 @@ def remat(
 
     Args:
       fn: the function whose backward pass recomputes instead of storing.
-      policy: a name of :data:`POLICIES`, ``"names:a,b"``, or a policy callable.
+      policy: a name of [`POLICIES`][jaxrm.memory.POLICIES], ``"names:a,b"``, or a policy callable.
       prevent_cse: passed to ``jax.checkpoint``.
       static_argnums: positions of arguments that are static (Python values).
 
@@ -184,7 +184,7 @@ def residuals(fn: Callable[..., Any], *args: Any) -> list[Residual]:
       *args: its arguments: arrays or ``jax.ShapeDtypeStruct`` pytrees.
 
     Returns:
-      A list of :class:`Residual`.
+      A list of [`Residual`][jaxrm.memory.Residual].
 
     Raises:
       TypeError: ``fn`` is not callable.

@@ -46,11 +46,12 @@ class MemoryReport:
         placed in pinned host memory, e.g. by the ``"offload_dots"`` policy);
         not part of ``total_bytes``.
       residual_bytes: bytes a backward pass of ``loss`` (or of the function)
-        saves, arguments excluded (see :func:`residual_bytes`); None when not
+        saves, arguments excluded (see [`residual_bytes`][jaxrm.memory.residual_bytes]); None when
+        not
         asked for or the function cannot be differentiated.
       flops: the compiler's FLOP estimate (``cost_analysis()``), or None. Loop
         bodies (``lax.scan``) are counted once, not once per iteration.
-      params_bytes: bytes of the ``params`` given to :func:`report`, or None.
+      params_bytes: bytes of the ``params`` given to [`report`][jaxrm.memory.report], or None.
       grads_bytes: bytes of gradients of floating ``params`` (their size), or None.
       opt_state_bytes: bytes of the ``opt_state`` given, or None.
       platform: the backend the function was compiled for.
@@ -128,7 +129,7 @@ def _flops(compiled: Any) -> float | None:
 
 
 def compiled_report(compiled: Any, **extra: Any) -> MemoryReport:
-    """Builds a :class:`MemoryReport` from a ``jax.stages.Compiled``."""
+    """Builds a [`MemoryReport`][jaxrm.memory.MemoryReport] from a ``jax.stages.Compiled``."""
     stats = compiled.memory_analysis()
     if isinstance(stats, list | tuple):  # one entry per device on some versions
         stats = max(stats, key=lambda s: _stat(s, "temp_size_in_bytes"))
@@ -210,7 +211,7 @@ def report(
       opt_state: the optimizer state, to fill ``opt_state_bytes``.
 
     Returns:
-      A :class:`MemoryReport`; ``print(report(...))`` prints a table.
+      A [`MemoryReport`][jaxrm.memory.MemoryReport]; ``print(report(...))`` prints a table.
 
     Raises:
       TypeError: ``fn`` is not callable.

@@ -109,7 +109,7 @@ def _check_fits(path: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh
 class Rules:
     """Maps leaf paths to ``PartitionSpec``\\ s: the first matching regex wins.
 
-    Build with :func:`rules`. ``rules_obj.specs(tree)`` gives a pytree of
+    Build with [`rules`][jaxrm.memory.rules]. ``rules_obj.specs(tree)`` gives a pytree of
     specs; ``rules_obj(tree, mesh)`` a pytree of ``NamedSharding``\\ s checked
     against the leaves' shapes. Unmatched leaves are replicated (``P()``).
     """
@@ -188,7 +188,7 @@ def rules(pairs: Iterable[tuple[str, PartitionSpec]]) -> Rules:
         of its entries, or ``None`` (replicated).
 
     Returns:
-      A :class:`Rules`.
+      A [`Rules`][jaxrm.memory.Rules].
 
     Raises:
       ValueError: an invalid regular expression (naming ``rules[i]``).
@@ -288,8 +288,8 @@ def shard(tree: Any, shardings: Any) -> Any:
     Args:
       tree: a pytree of arrays.
       shardings: one ``jax.sharding.Sharding`` for all leaves, or a pytree of
-        them with ``tree``'s structure (e.g. from :func:`fsdp` or a
-        :class:`Rules`).
+        them with ``tree``'s structure (e.g. from [`fsdp`][jaxrm.memory.fsdp] or a
+        [`Rules`][jaxrm.memory.Rules]).
 
     Returns:
       A pytree of ``jax.Array`` with ``tree``'s structure.

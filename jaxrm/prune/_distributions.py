@@ -2,7 +2,7 @@
 
 Each returns a pytree of the parameters' structure with a Python float at
 each selected leaf and ``None`` elsewhere, to pass as ``sparsity=`` to
-:func:`jaxrm.prune.masks`.
+[`jaxrm.prune.masks`][jaxrm.prune.masks].
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def uniform(params: Any, sparsity: float, *, where: jtree.Where = None) -> Any:
     Args:
       params: any parameter pytree (only shapes and dtypes are read).
       sparsity: a float in ``[0, 1)``.
-      where: the leaves to prune (default :func:`jaxrm.tree.weights`).
+      where: the leaves to prune (default [`jaxrm.tree.weights`][jaxrm.tree.weights]).
 
     Returns:
       A pytree of the params' structure: ``sparsity`` at selected leaves,
@@ -64,7 +64,7 @@ def erk(
     Args:
       params: any parameter pytree (only shapes and dtypes are read).
       sparsity: the overall sparsity of the selected leaves, in ``[0, 1)``.
-      where: the leaves to prune (default :func:`jaxrm.tree.weights`).
+      where: the leaves to prune (default [`jaxrm.tree.weights`][jaxrm.tree.weights]).
       power: the ERK power scale (1: ERK; 0: uniform).
 
     Returns:

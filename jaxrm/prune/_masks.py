@@ -2,7 +2,7 @@
 
 Two selections give the same masks:
 
-* On the device (any backend, and inside :func:`jaxrm.prune.sparsify`): a
+* On the device (any backend, and inside [`jaxrm.prune.sparsify`][jaxrm.prune.sparsify]): a
   radix selection on the bits of the float32 scores. The bits are mapped to
   ``uint32`` keys that order like the floats; a histogram of the high 16 bits
   finds the bucket that holds the k-th key, and a histogram of the low 16 bits
@@ -113,7 +113,7 @@ def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
 
 
 def _select_host_one(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
-    """The numpy twin of :func:`_select` on float32 arrays: same result, fewer passes.
+    """The numpy twin of `_select` on float32 arrays: same result, fewer passes.
 
     A strided sample brackets the k-th highest score between two sample values;
     one pass counts the scores above the bracket and gathers those inside it
@@ -392,21 +392,22 @@ def masks(
     ``jax.vmap``, with a traced ``sparsity`` too.
 
     With a ``pattern``, the units ranked are channels or blocks (and ``n`` counts
-    them); :func:`nm` keeps ``n`` of every ``m`` entries, so its sparsity is
+    them); [`nm`][jaxrm.prune.nm] keeps ``n`` of every ``m`` entries, so its sparsity is
     ``1 - n/m`` wherever the requested sparsity prunes anything (a leaf whose
     ``sparsity`` keeps all entries stays dense).
 
     Args:
-      scores: a pytree of float scores, e.g. :func:`magnitude` of the params.
+      scores: a pytree of float scores, e.g. [`magnitude`][jaxrm.prune.magnitude] of the params.
       sparsity: the fraction pruned, a float in ``[0, 1)``, or a pytree of the
         scores' structure holding one float per selected leaf (``None``
-        elsewhere), e.g. from :func:`uniform` or :func:`erk`; scalar
+        elsewhere), e.g. from [`uniform`][jaxrm.prune.uniform] or [`erk`][jaxrm.prune.erk]; scalar
         sparsities may be traced.
       scope: ``"layer"`` (per leaf) or ``"global"`` (over all selected leaves).
-      where: the leaves to prune (``None``: :func:`jaxrm.tree.weights`, a
+      where: the leaves to prune (``None``: [`jaxrm.tree.weights`][jaxrm.tree.weights], a
         regular expression on the leaf path, or a callable ``(path, leaf)``).
-      pattern: ``None`` (unstructured), :func:`nm`, :func:`channels` or
-        :func:`blocks`.
+      pattern: ``None`` (unstructured), [`nm`][jaxrm.prune.nm], [`channels`][jaxrm.prune.channels]
+        or
+        [`blocks`][jaxrm.prune.blocks].
 
     Returns:
       A pytree of the scores' structure: a ``bool`` array (``True`` = kept) at
@@ -472,7 +473,7 @@ def threshold(params: Any, quality: float, *, where: jtree.Where = None) -> Any:
       params: any parameter pytree.
       quality: the quality parameter, a finite float ``>= 0`` (the threshold
         in standard deviations of each leaf).
-      where: the leaves to prune (default :func:`jaxrm.tree.weights`).
+      where: the leaves to prune (default [`jaxrm.tree.weights`][jaxrm.tree.weights]).
 
     Returns:
       A mask pytree: ``bool`` arrays at selected leaves, ``None`` elsewhere.

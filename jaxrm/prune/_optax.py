@@ -19,7 +19,7 @@ _SCORES = ("magnitude", "saliency", "random")
 
 
 class SparsifyState(NamedTuple):
-    """State of :func:`sparsify`.
+    """State of [`sparsify`][jaxrm.prune.sparsify].
 
     Attributes:
       count: the number of updates done (int32); the schedule is read at it.
@@ -82,20 +82,23 @@ def sparsify(
 
     Args:
       optimizer: the optax transformation to wrap (e.g. ``optax.adam(1e-3)``).
-      schedule: ``step -> sparsity`` (see :func:`polynomial`, :func:`one_shot`,
-        :func:`iterative`, :func:`constant`, or any optax-style schedule).
+      schedule: ``step -> sparsity`` (see [`polynomial`][jaxrm.prune.polynomial],
+        [`one_shot`][jaxrm.prune.one_shot],
+        [`iterative`][jaxrm.prune.iterative], [`constant`][jaxrm.prune.constant], or any optax-style
+        schedule).
       score: ``"magnitude"``, ``"saliency"`` (``|w * g|`` with this step's
         gradients), ``"random"``, or a callable ``(params, grads) -> scores``.
-      scope: ``"layer"`` or ``"global"`` (see :func:`masks`).
-      where: the leaves to prune (default :func:`jaxrm.tree.weights`).
-      pattern: ``None``, :func:`nm`, :func:`channels` or :func:`blocks`.
+      scope: ``"layer"`` or ``"global"`` (see [`masks`][jaxrm.prune.masks]).
+      where: the leaves to prune (default [`jaxrm.tree.weights`][jaxrm.tree.weights]).
+      pattern: ``None``, [`nm`][jaxrm.prune.nm], [`channels`][jaxrm.prune.channels] or
+        [`blocks`][jaxrm.prune.blocks].
       every: also recompute the masks every ``every`` steps (``None``: only
         when the schedule changes).
       key: PRNG key for ``score="random"`` (default ``jax.random.key(0)``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`SparsifyState`; ``update(updates, state, params)`` needs
+      [`SparsifyState`][jaxrm.prune.SparsifyState]; ``update(updates, state, params)`` needs
       ``params``.
 
     Raises:
@@ -186,13 +189,13 @@ def sparsify(
 
 
 def masks_of(opt_state: Any) -> Any:
-    """Returns the masks of the :func:`sparsify` state inside ``opt_state``.
+    """Returns the masks of the [`sparsify`][jaxrm.prune.sparsify] state inside ``opt_state``.
 
     The state may be nested (``optax.chain``, ``optax.inject_hyperparams``, a
     Flax ``nnx.Optimizer``'s ``opt_state``, or the optimizer itself).
 
     Args:
-      opt_state: an optimizer state holding one :class:`SparsifyState`, or an
+      opt_state: an optimizer state holding one [`SparsifyState`][jaxrm.prune.SparsifyState], or an
         object with an ``opt_state`` attribute (e.g. ``nnx.Optimizer``).
 
     Returns:
@@ -200,7 +203,7 @@ def masks_of(opt_state: Any) -> Any:
       variable wrappers removed.
 
     Raises:
-      ValueError: no, or more than one, :class:`SparsifyState` is found.
+      ValueError: no, or more than one, [`SparsifyState`][jaxrm.prune.SparsifyState] is found.
     """
     if not isinstance(opt_state, SparsifyState) and hasattr(opt_state, "opt_state"):
         opt_state = opt_state.opt_state

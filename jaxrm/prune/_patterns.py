@@ -2,7 +2,7 @@
 
 A pattern is a small frozen value (hashable, so it can be a static argument
 of ``jax.jit``). Every pattern-specific computation is dispatched here, in
-:func:`check`, :func:`unit_scores`, :func:`expand` and :func:`nm_mask`, so the
+`check`, `unit_scores`, `expand` and `nm_mask`, so the
 mask code in ``_masks.py`` only sees "units" (elements, channels or blocks) to
 rank.
 """
@@ -87,7 +87,8 @@ def nm(n: int, m: int, axis: int = -2) -> NM:
       axis: the axis the groups run along.
 
     Returns:
-      The pattern, to pass as ``pattern=`` to :func:`masks` or :func:`sparsify`.
+      The pattern, to pass as ``pattern=`` to [`masks`][jaxrm.prune.masks] or
+      [`sparsify`][jaxrm.prune.sparsify].
 
     Raises:
       TypeError: an argument is not an int.

@@ -2,7 +2,7 @@
 
 Floating array leaves get a score; other leaves (integer counters, ``None``)
 pass through unchanged, so a ``where`` that picks them is caught by
-:func:`jaxrm.prune.masks`.
+[`jaxrm.prune.masks`][jaxrm.prune.masks].
 """
 
 from __future__ import annotations

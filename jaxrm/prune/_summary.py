@@ -14,7 +14,7 @@ __all__ = ["Summary", "SummaryRow", "summary"]
 
 @dataclasses.dataclass(frozen=True)
 class SummaryRow:
-    """One leaf of a :class:`Summary`.
+    """One leaf of a [`Summary`][jaxrm.prune.Summary].
 
     Attributes:
       path: the leaf path.
@@ -44,7 +44,7 @@ class Summary:
     """Per-leaf and total density; ``print(summary)`` shows a table.
 
     Attributes:
-      rows: one :class:`SummaryRow` per array leaf, in flattening order.
+      rows: one [`SummaryRow`][jaxrm.prune.SummaryRow] per array leaf, in flattening order.
     """
 
     rows: tuple[SummaryRow, ...]
@@ -95,7 +95,7 @@ def summary(tree: Any, *, where: jtree.Where = jtree.arrays) -> Summary:
       where: the leaves to count (default: every array leaf).
 
     Returns:
-      A :class:`Summary` with ``rows``, ``size``, ``nonzero``, ``density`` and
+      A [`Summary`][jaxrm.prune.Summary] with ``rows``, ``size``, ``nonzero``, ``density`` and
       ``sparsity``; ``str()`` of it is a table.
 
     Raises:

@@ -1,13 +1,16 @@
 """Quantization: uniform PTQ and QAT, and trained weight sharing with k-means codebooks.
 
-* :func:`uniform` turns selected leaves into ``QArray`` (integers, scale, zero point);
-* :func:`fake_quant` / :func:`fake_quant_tree` quantize-dequantize with a
+* [`uniform`][jaxrm.quant.uniform] turns selected leaves into ``QArray`` (integers, scale, zero
+  point);
+* [`fake_quant`][jaxrm.quant.fake_quant] / [`fake_quant_tree`][jaxrm.quant.fake_quant_tree]
+  quantize-dequantize with a
   straight-through gradient for quantization-aware training;
-* :func:`kmeans` turns selected leaves into ``Codebook`` (indices into shared
+* [`kmeans`][jaxrm.quant.kmeans] turns selected leaves into ``Codebook`` (indices into shared
   centroids), skipping pruned entries;
-* :func:`partition` / :func:`combine` / :func:`trainable` fine-tune centroids
+* [`partition`][jaxrm.quant.partition] / [`combine`][jaxrm.quant.combine] /
+  [`trainable`][jaxrm.quant.trainable] fine-tune centroids
   with any optax optimizer (Deep Compression's trained quantization);
-* :func:`dequantize` gives back float parameters.
+* [`dequantize`][jaxrm.quant.dequantize] gives back float parameters.
 """
 
 from jaxrm.quant._kmeans import kmeans

@@ -44,7 +44,7 @@ def trainable(tree: Any, *, centroids_only: bool = False) -> Any:
     ``centroids_only``) for other floating array leaves such as biases;
     ``False`` for integer and bool leaves (indices, masks) and for every field
     of a ``QArray`` (its grid is fixed). Usable as the mask of ``optax.masked``
-    when the gradient tree comes from :func:`partition`'s float part.
+    when the gradient tree comes from [`partition`][jaxrm.quant.partition]'s float part.
 
     Args:
       tree: a pytree, typically from ``kmeans`` or ``uniform``.
@@ -71,11 +71,11 @@ def trainable(tree: Any, *, centroids_only: bool = False) -> Any:
 def partition(tree: Any, *, centroids_only: bool = False) -> tuple[Any, Any]:
     """Splits ``tree`` into ``(train, frozen)`` for fine-tuning with optax.
 
-    ``train`` holds the leaves marked by :func:`trainable` (codebook centroids
+    ``train`` holds the leaves marked by [`trainable`][jaxrm.quant.trainable] (codebook centroids
     and, unless ``centroids_only``, other float leaves) and ``None`` elsewhere;
     ``frozen`` holds everything else (indices, masks, ``QArray`` leaves,
     integer leaves). Differentiate and optimize ``train``; put the two back
-    together with :func:`combine`. Both halves keep ``tree``'s structure, so
+    together with [`combine`][jaxrm.quant.combine]. Both halves keep ``tree``'s structure, so
     they pass through ``jit`` and orbax.
 
     Args:
@@ -95,11 +95,12 @@ def partition(tree: Any, *, centroids_only: bool = False) -> tuple[Any, Any]:
 
 
 def combine(train: Any, frozen: Any) -> Any:
-    """Inverse of :func:`partition`: fills the ``None`` leaves of ``train`` from ``frozen``.
+    """Inverse of [`partition`][jaxrm.quant.partition]: fills the ``None`` leaves of ``train`` from
+    ``frozen``.
 
     Args:
-      train: the first output of :func:`partition` (possibly updated).
-      frozen: the second output of :func:`partition`.
+      train: the first output of [`partition`][jaxrm.quant.partition] (possibly updated).
+      frozen: the second output of [`partition`][jaxrm.quant.partition].
 
     Returns:
       A pytree of the original structure.

@@ -292,7 +292,7 @@ def fake_quant_tree(
     axis: int | None = None,
     where: jtree.Where = None,
 ) -> Any:
-    """Applies :func:`fake_quant` to the selected leaves of ``params``.
+    """Applies [`fake_quant`][jaxrm.quant.fake_quant] to the selected leaves of ``params``.
 
     Use it inside a loss for quantization-aware training:
     ``loss(fake_quant_tree(params, 4), batch)``; gradients flow to the float

@@ -8,6 +8,7 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jrm_craft import join, split
 
 from jaxrm import coding
 from jaxrm.coding import FormatError
@@ -24,24 +25,6 @@ def files():
     tree = {"c": cb, "b": jnp.arange(3.0), "q": qa, "w": w}
     masks = {"c": None, "b": None, "q": qmask, "w": wmask}
     return {e: coding.encode(tree, masks=masks, entropy=e) for e in ("huffman", "ans", "none")}
-
-
-def split(data):
-    """(header fields, manifest dict, sections bytes)."""
-    magic, version, flags, mlen, _ = struct.unpack_from("<8sHHII", data)
-    manifest = json.loads(data[20 : 20 + mlen])
-    return (magic, version, flags), manifest, data[20 + mlen :]
-
-
-def join(head, manifest, body, fix_crcs=True):
-    """Rebuilds a file, with valid CRCs, so only the consistency checks can object."""
-    if fix_crcs:
-        pos = 0
-        for s in manifest.get("sections", []):
-            s["crc32"] = zlib.crc32(body[pos : pos + s["length"]])
-            pos += s["length"]
-    text = json.dumps(manifest).encode()
-    return struct.pack("<8sHHII", *head, len(text), zlib.crc32(text)) + text + body
 
 
 def rejects(data):
@@ -79,10 +62,10 @@ def test_wrong_magic_and_unknown_version(files):
     head, manifest, body = split(files["huffman"])
     with pytest.raises(FormatError, match="magic"):
         coding.decode(join((b"\x89JRX\r\n\x1a\n", *head[1:]), manifest, body))
-    with pytest.raises(FormatError, match="version 2"):
-        coding.decode(join((head[0], 2, 0), manifest, body))
+    with pytest.raises(FormatError, match="version 3"):
+        coding.decode(join((head[0], 3, 0), manifest, body))
     with pytest.raises(FormatError, match="flags"):
-        coding.decode(join((head[0], 1, 4), manifest, body))
+        coding.decode(join((head[0], 2, 4), manifest, body))
     coding.decode(join(head, manifest, body))  # the rebuild itself is valid
 
 
@@ -111,10 +94,13 @@ def leaf(manifest, path):
         lambda m: leaf(m, "b").__setitem__("dtype", "float16"),
         lambda m: leaf(m, "b").__setitem__("dtype", "object"),
         lambda m: leaf(m, "w")["index"].__setitem__("count", 1),
-        lambda m: leaf(m, "q")["values"].__setitem__("section", 0),
+        lambda m: leaf(m, "q")["values"].__setitem__("start", 1),
+        lambda m: leaf(m, "q")["values"].__setitem__("stream", 9),
         lambda m: leaf(m, "q").__setitem__("index_bits", 5),
         lambda m: leaf(m, "q").__setitem__("kept", 10**6),
-        lambda m: leaf(m, "c")["values"].__setitem__("codec", "pickle"),
+        lambda m: m["streams"][0].__setitem__("codec", "pickle"),
+        lambda m: m["streams"][0].__setitem__("count", 10**12),
+        lambda m: m["streams"][0].__setitem__("section", m["streams"][-1]["section"]),
         lambda m: leaf(m, "c").__setitem__("kind", "eval"),
         lambda m: leaf(m, "c").__setitem__("shape", [5, 6, 1.5]),
         lambda m: leaf(m, "c").__setitem__("shape", [True]),

@@ -181,3 +181,38 @@ def test_temperature_can_be_traced():
     s, t = _inputs("kd")
     f = jax.jit(lambda temp: distill.kd(s, t, temp))
     np.testing.assert_allclose(f(3.0), distill.kd(s, t, 3.0), rtol=1e-6)
+
+
+EMPTY = {
+    "rkd_distance": (distill.rkd_distance, (0, 4), (0, 9)),
+    "rkd_angle": (distill.rkd_angle, (0, 4), (0, 9)),
+    "pkt": (distill.pkt, (0, 4), (0, 9)),
+    "attention_transfer": (distill.attention_transfer, (0, 4, 3, 5), (0, 4, 3, 7)),
+    "hint": (distill.hint, (0, 3, 4), (0, 3, 4)),
+    "cosine": (distill.cosine, (0, 8), (0, 8)),
+    "kd": (lambda s, t, **kw: distill.kd(s, t, 2.0, **kw), (0, 5), (0, 5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY))
+def test_empty_batch_gives_empty_per_example_values(name):
+    # An empty batch (the last shard of a dataset, a fully padded step) has no
+    # examples: every loss returns shape [0] (sum 0) and a zero-size gradient,
+    # eagerly and under jit, with or without a mask.
+    fn, s_shape, t_shape = EMPTY[name]
+    s, t = jnp.zeros(s_shape, jnp.bfloat16), jnp.zeros(t_shape, jnp.bfloat16)
+    for f in (fn, jax.jit(fn)):
+        out = f(s, t)
+        chex.assert_shape(out, (0,))
+        assert out.dtype == jnp.bfloat16
+        chex.assert_shape(f(s, t, mask=jnp.zeros((0,), bool)), (0,))
+    g = jax.grad(lambda a: fn(a, t).astype(jnp.float32).sum())(s)
+    chex.assert_shape(g, s_shape)
+
+
+@pytest.mark.parametrize("probs", ["no", 1, None])
+def test_soft_cross_entropy_probs_must_be_a_bool(probs):
+    # bool("no") is True: anything but a bool would silently choose a branch.
+    s = jnp.zeros((2, 3))
+    with pytest.raises(TypeError, match="probs"):
+        distill.soft_cross_entropy(s, s, probs=probs)

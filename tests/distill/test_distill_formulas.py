@@ -96,11 +96,11 @@ def test_kd_with_labels(alpha):
 
 
 def test_kd_with_labels_unknown_label_keeps_only_the_soft_term():
-    # Semi-supervised use: an unlabeled example gets -1 (outside [0, classes)),
+    # Semi-supervised use: an unlabeled example gets ignore_label (-1 here),
     # which drops its hard term and leaves alpha * kd; labeled rows are unchanged.
     s, t = _normal(10, (5, 4), 2), _normal(11, (5, 4), 2)
     labels = np.array([0, -1, 2, -1, 3])
-    got = distill.kd_with_labels(s, t, labels, alpha=0.9, temperature=1.0)
+    got = distill.kd_with_labels(s, t, labels, alpha=0.9, temperature=1.0, ignore_label=-1)
     known = labels >= 0
     want = np.where(
         known,
@@ -108,6 +108,44 @@ def test_kd_with_labels_unknown_label_keeps_only_the_soft_term():
         0.9 * ref.kd(s, t, 1.0),
     )
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("bad", [4, -1, 99])
+def test_kd_with_labels_out_of_range_label_is_an_error_not_a_smaller_loss(bad):
+    s, t = _normal(12, (5, 4), 2), _normal(13, (5, 4), 2)
+    labels = np.array([0, 1, bad, 3, 2])
+    with pytest.raises(ValueError, match=r"labels\[2\] = " + str(bad)):
+        distill.kd_with_labels(s, t, labels, alpha=0.5)
+    # -1 is only a sentinel when declared; another label is still an error then.
+    if bad != -1:
+        with pytest.raises(ValueError, match="out of range"):
+            distill.kd_with_labels(s, t, labels, alpha=0.5, ignore_label=-1)
+
+
+def test_kd_with_labels_out_of_range_under_jit_is_nan_for_that_example():
+    s, t = _normal(14, (5, 4), 2), _normal(15, (5, 4), 2)
+    labels = np.array([0, 1, 7, 3, 2])
+    got = np.asarray(jax.jit(lambda a, b, y: distill.kd_with_labels(a, b, y))(s, t, labels))
+    assert np.isnan(got[2])
+    ok = labels < 4
+    want = ref.kd_with_labels(s, t, np.where(ok, labels, 0), 0.5, 1.0)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=RTOL, atol=ATOL)
+
+
+def test_kd_with_labels_masked_positions_may_hold_any_sentinel():
+    s, t = _normal(16, (4, 4), 2), _normal(17, (4, 4), 2)
+    labels = np.array([0, -100, 3, 10])
+    mask = np.array([True, False, True, False])
+    for fn in (distill.kd_with_labels, jax.jit(distill.kd_with_labels)):
+        got = np.asarray(fn(s, t, labels, mask=mask))
+        want = ref.kd_with_labels(s, t, np.where(mask, labels, 0), 0.5, 1.0)
+        np.testing.assert_allclose(got, np.where(mask, want, 0.0), rtol=RTOL, atol=ATOL)
+
+
+def test_kd_with_labels_ignore_label_must_be_an_int():
+    s = _normal(18, (2, 3))
+    with pytest.raises(TypeError, match="ignore_label"):
+        distill.kd_with_labels(s, s, np.array([0, 1]), ignore_label=0.5)
 
 
 def test_kd_with_labels_alpha_zero_is_optax_cross_entropy():
@@ -242,7 +280,8 @@ def test_logit_losses_mask_tokens(name):
     s_pad[~mask] = np.nan
     labels = np.array([[1, 2, -1, -1], [0, 5, 3, -1]])
     if name == "kd_with_labels":
-        fn = lambda a, b, **kw: distill.kd_with_labels(a, b, labels, alpha=0.4, **kw)
+        fn = lambda a, b, **kw: distill.kd_with_labels(a, b, labels, alpha=0.4, ignore_label=-1,
+                                                       **kw)
     else:
         fn = getattr(distill, name)
     got = fn(s_pad, t, mask=mask)

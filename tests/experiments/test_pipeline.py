@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import deep_compression, models, pipeline, train
+from experiments import configs, deep_compression, models, pipeline, train
 from jaxrm import coding
 
 TINY = dict(dense_epochs=1, prune_rounds=2, prune_epochs=1, prune_final_epochs=1,
@@ -70,7 +70,7 @@ def cli_run(tmp_path_factory):
 def test_tiny_run_gives_a_decodable_file(cli_run):
     res, out, data = cli_run
     r = res["runs"][0]
-    cfg = pipeline.get_config("lenet-300-100", "paper", **TINY)
+    cfg = configs.get_config("lenet-300-100", "paper", **TINY)
     path = out / "model.jrm"
     decoded = coding.load(path)  # the file alone gives every parameter
     like = models.init_params("lenet-300-100", jax.random.key(0))
@@ -123,7 +123,7 @@ def _run(tmp, data, cfg, **kw):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["paper", "best"])
 def test_resume_ends_with_the_same_result(tmp_path, tiny_data, config):
-    cfg = pipeline.get_config("lenet-300-100", config, **TINY)
+    cfg = configs.get_config("lenet-300-100", config, **TINY)
     if config == "best":
         cfg = dataclasses.replace(cfg, prune_epochs=2)
     ref = pipeline.run_seed(cfg, 3, tiny_data, tmp_path / "ref", quiet=True)
@@ -144,7 +144,7 @@ def test_resume_ends_with_the_same_result(tmp_path, tiny_data, config):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["paper", "best"])
 def test_tiny_lenet5_run(tmp_path, tiny_data, config):
-    cfg = pipeline.get_config("lenet-5", config, **TINY)
+    cfg = configs.get_config("lenet-5", config, **TINY)
     r = pipeline.run_seed(cfg, 0, tiny_data, tmp_path, quiet=True)
     decoded = coding.load(tmp_path / "model.jrm")
     assert decoded["conv1"]["kernel"].shape == (5, 5, 1, 20)

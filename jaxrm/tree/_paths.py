@@ -1,15 +1,10 @@
-"""Leaf paths, ``where`` selection, and byte and parameter counts for any pytree.
+"""Leaf paths and matching by path: the ground floor every wing stands on.
 
 Every transform in jaxrm names leaves by their *path*: the keys from the root to
 the leaf joined by ``/`` (``"Dense_0/kernel"``, ``"layers/3/attn/q"``). The
-``.value`` attribute of a Flax NNX variable is dropped, so a Linen ``params``
-dict and the ``nnx.State`` of the same network give the same paths.
-
-A ``where`` argument chooses the leaves a transform touches:
-
-* ``None``: the default, :func:`weights` (floating arrays with ``ndim >= 2``);
-* a string: a regular expression searched (``re.search``) in the leaf's path;
-* a callable ``(path, leaf) -> bool``.
+``.value`` attribute of a Flax NNX variable (and of a Linen ``nn.Partitioned``
+box) is dropped, so a Linen ``params`` dict and the ``nnx.State`` of the same
+network give the same paths.
 """
 
 from __future__ import annotations
@@ -22,23 +17,43 @@ import jax
 import numpy as np
 
 __all__ = [
-    "Where",
     "aligned",
-    "arrays",
     "check_matches",
-    "count",
+    "compile_path_regex",
     "is_array",
     "leaves_with_paths",
-    "map_selected",
-    "nbytes",
     "path_str",
     "paths",
-    "select",
-    "selected",
-    "weights",
 ]
 
-Where = None | str | Callable[[str, Any], bool]
+
+def compile_path_regex(pattern: Any, argument: str) -> re.Pattern:
+    """Compiles a regular expression to be searched (``re.search``) in leaf paths.
+
+    This is the one place a path regex is compiled, so every ``where=`` string
+    and every ``(regex, value)`` rule fails the same way.
+
+    Args:
+      pattern: a string or an already compiled ``re.Pattern``.
+      argument: the argument's name, for error messages.
+
+    Returns:
+      The compiled pattern.
+
+    Raises:
+      TypeError: ``pattern`` is neither a string nor a compiled pattern.
+      ValueError: ``pattern`` is not a valid regular expression.
+    """
+    if isinstance(pattern, re.Pattern):
+        return pattern
+    if not isinstance(pattern, str):
+        raise TypeError(
+            f"{argument} must hold regular expression strings, got {type(pattern).__name__}"
+        )
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{argument}={pattern!r} is not a valid regular expression: {e}") from e
 
 
 def path_str(key_path: Iterable[Any]) -> str:
@@ -75,17 +90,22 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-def leaves_with_paths(tree: Any, *, keep_none: bool = False) -> list[tuple[str, Any]]:
+def leaves_with_paths(
+    tree: Any, *, keep_none: bool = False, is_leaf: Callable[[Any], bool] | None = None
+) -> list[tuple[str, Any]]:
     """Returns ``[(path, leaf), ...]`` in flattening order.
 
     Args:
       tree: any pytree.
       keep_none: if true, ``None`` entries are reported as leaves (as in masks);
         otherwise they are empty subtrees and are skipped, as JAX does.
+      is_leaf: passed to the flattening (e.g. ``quant.is_quantized``).
     """
-    flat, _ = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=_is_none if keep_none else None
-    )
+    if keep_none:
+        stop = _is_none if is_leaf is None else (lambda x: x is None or is_leaf(x))
+    else:
+        stop = is_leaf
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=stop)
     return [(path_str(kp), leaf) for kp, leaf in flat]
 
 
@@ -101,106 +121,6 @@ def is_array(leaf: Any) -> bool:
     )
 
 
-def weights(path: str, leaf: Any) -> bool:
-    """The default selection: floating-point arrays with ``ndim >= 2``.
-
-    These are kernels, convolution filters and embeddings; biases and norm
-    scales are left out.
-    """
-    del path
-    return (
-        is_array(leaf)
-        and len(leaf.shape) >= 2
-        and jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating)
-    )
-
-
-def arrays(path: str, leaf: Any) -> bool:
-    """Selects every array leaf (use as ``where=jaxrm.tree.arrays``)."""
-    del path
-    return is_array(leaf)
-
-
-def _predicate(where: Where, argument: str = "where") -> Callable[[str, Any], bool]:
-    if where is None:
-        return weights
-    if isinstance(where, str):
-        try:
-            pattern = re.compile(where)
-        except re.error as e:
-            raise ValueError(f"{argument}={where!r} is not a valid regular expression: {e}") from e
-        return lambda path, leaf: is_array(leaf) and pattern.search(path) is not None
-    if callable(where):
-        return where
-    raise TypeError(
-        f"{argument} must be None, a regular expression string or a callable "
-        f"(path, leaf) -> bool, got {type(where).__name__}"
-    )
-
-
-def select(tree: Any, where: Where = None) -> Any:
-    """Returns a pytree of Python bools: which leaves ``where`` chooses.
-
-    Args:
-      tree: any pytree.
-      where: ``None`` (:func:`weights`), a regular expression searched in each
-        leaf's path, or a callable ``(path, leaf) -> bool``.
-
-    Returns:
-      A pytree of ``tree``'s structure with ``True``/``False`` leaves.
-
-    Raises:
-      TypeError: ``where`` is none of the accepted kinds.
-      ValueError: ``where`` is an invalid regular expression.
-    """
-    pred = _predicate(where)
-    return jax.tree_util.tree_map_with_path(lambda kp, leaf: bool(pred(path_str(kp), leaf)), tree)
-
-
-def selected(tree: Any, where: Where = None, *, argument: str = "where") -> list[str]:
-    """Returns the paths ``where`` chooses, raising if it chooses none.
-
-    Raises:
-      ValueError: nothing is selected (the message lists the tree's paths).
-    """
-    pred = _predicate(where, argument)
-    chosen = [p for p, leaf in leaves_with_paths(tree) if pred(p, leaf)]
-    if not chosen:
-        shown = ", ".join(paths(tree)[:12]) or "(no leaves)"
-        raise ValueError(f"{argument}={where!r} selects no leaf; the leaves are: {shown}")
-    return chosen
-
-
-def map_selected(
-    fn: Callable[[str, Any], Any],
-    tree: Any,
-    where: Where = None,
-    *,
-    otherwise: Callable[[str, Any], Any] | None = None,
-) -> Any:
-    """Maps ``fn(path, leaf)`` over the selected leaves; others pass through.
-
-    Args:
-      fn: called with the path string and the leaf of every selected leaf.
-      tree: any pytree.
-      where: the selection (see :func:`select`).
-      otherwise: called on unselected leaves instead of leaving them unchanged
-        (e.g. ``lambda p, x: None`` to build a mask tree).
-
-    Returns:
-      A pytree of ``tree``'s structure.
-    """
-    pred = _predicate(where)
-
-    def visit(kp, leaf):
-        p = path_str(kp)
-        if pred(p, leaf):
-            return fn(p, leaf)
-        return leaf if otherwise is None else otherwise(p, leaf)
-
-    return jax.tree_util.tree_map_with_path(visit, tree)
-
-
 def aligned(
     reference: Any,
     other: Any,
@@ -208,6 +128,7 @@ def aligned(
     *,
     shapes: bool = True,
     is_leaf: Callable[[Any], bool] | None = None,
+    other_is_leaf: Callable[[Any], bool] | None = None,
 ) -> list:
     """Returns ``other``'s entry for each leaf of ``reference``, in flattening order.
 
@@ -224,6 +145,8 @@ def aligned(
       shapes: also check that array entries have the reference leaf's shape.
       is_leaf: passed to the flattening of ``reference`` (e.g.
         ``quant.is_quantized`` to treat quantized leaves as leaves).
+      other_is_leaf: passed to the flattening of ``other`` (e.g. to keep
+        tuple-valued settings whole).
 
     Raises:
       ValueError: a leaf of ``reference`` has no entry, ``other`` has an extra
@@ -232,7 +155,7 @@ def aligned(
     """
     flat, _ = jax.tree_util.tree_flatten_with_path(reference, is_leaf=is_leaf)
     ref = [(path_str(kp), leaf) for kp, leaf in flat]
-    oth = leaves_with_paths(other, keep_none=True)
+    oth = leaves_with_paths(other, keep_none=True, is_leaf=other_is_leaf)
     ref_paths = [p for p, _ in ref]
     if [p for p, _ in oth] == ref_paths:
         values = [v for _, v in oth]
@@ -264,7 +187,8 @@ def aligned(
 
 
 def check_matches(reference: Any, other: Any, argument: str, *, shapes: bool = True) -> None:
-    """Checks that ``other`` lines up with ``reference`` leaf by leaf (see :func:`aligned`).
+    """Checks that ``other`` lines up with ``reference`` leaf by leaf (see
+    [`aligned`][jaxrm.tree.aligned]).
 
     Raises:
       ValueError: naming ``argument`` and the first leaf path that differs.
@@ -272,26 +196,3 @@ def check_matches(reference: Any, other: Any, argument: str, *, shapes: bool = T
     aligned(reference, other, argument, shapes=shapes)
 
 
-def count(tree: Any, where: Where = None) -> int:
-    """Returns the number of elements in the leaves ``where`` selects.
-
-    With the default ``where=None`` only weights are counted; pass
-    ``where=jaxrm.tree.arrays`` to count every parameter, biases included.
-    """
-    pred = _predicate(where)
-    return int(
-        sum(int(np.prod(leaf.shape)) for p, leaf in leaves_with_paths(tree) if pred(p, leaf))
-    )
-
-
-def nbytes(tree: Any) -> int:
-    """Returns the bytes held by all array leaves of ``tree``.
-
-    Quantized leaves count their stored fields (integer values, scales,
-    codebooks), so this is the in-memory size of a compressed tree.
-    """
-    total = 0
-    for _, leaf in leaves_with_paths(tree):
-        if is_array(leaf):
-            total += int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-    return total

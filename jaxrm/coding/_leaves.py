@@ -1,0 +1,230 @@
+"""The record of each leaf: what is stored for a ``Codebook``, a ``QArray`` or an array.
+
+Each builder checks the leaf exactly as the parser will check the file (the
+same limits, from ``_records``), so whatever ``encode`` writes ``decode``
+reads, and hands its arrays and symbol runs to the writer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from jaxrm.coding import _records as mf
+from jaxrm.coding import _sparse, _streams
+from jaxrm.coding._bits import bit_width
+from jaxrm.coding._int4 import unpack_int4
+from jaxrm.quant._types import Codebook, QArray
+
+__all__ = ["STREAM_BITS", "array", "check_int", "codebook", "qarray"]
+
+# Estimated cost of a stream of its own: manifest and section records, coder header.
+STREAM_BITS = 8 * 40
+# A float leaf given without a mask is stored sparse when its exact +0.0
+# entries are at least this fraction and sparse storage is estimated smaller.
+_AUTO_SPARSE_ZEROS = 0.125
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _dtype_name(dtype: Any, path: str, what: str = "leaf", allowed=None) -> str:
+    name = np.dtype(dtype).name
+    if name not in (allowed or mf.DTYPES):
+        raise TypeError(f"{what} at {path!r} has dtype {name}, which a .jrm file cannot hold here")
+    return name
+
+
+def check_int(x: Any, lo: int, hi: int, what: str, path: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int | np.integer):
+        raise TypeError(f"{what} at {path!r} must be an int, got {x!r}")
+    if not lo <= int(x) <= hi:
+        raise ValueError(f"{what} at {path!r} must be in [{lo}, {hi}], got {x}")
+    return int(x)
+
+
+def _finite(arr: np.ndarray, what: str, path: str) -> np.ndarray:
+    if not np.isfinite(arr.astype(np.float64)).all():
+        raise ValueError(f"{what} at {path!r} holds NaN or Inf")
+    return arr
+
+
+# ------------------------------------------------------------------ leaves
+
+
+def _choose_index_bits(gap: np.ndarray, value_counts, codec: str, raw_bits: int):
+    """(index width, estimated bits) minimizing the size of index plus value streams."""
+    if len(gap) == 0:
+        return 1, 0.0
+    top = max(1, min(_sparse.MAX_INDEX_BITS, bit_width(int(gap.max()) - 1)))
+    best, best_cost = 1, math.inf
+    for b in range(1, top + 1):
+        fillers = int(((gap - 1) >> b).sum())
+        idx = np.bincount((gap - 1) & ((1 << b) - 1), minlength=1 << b)
+        idx[-1] += fillers
+        cost = _estimate(idx, codec)
+        if value_counts is None:
+            cost += (len(gap) + fillers) * raw_bits
+        else:
+            counts = np.append(value_counts, fillers) if fillers else value_counts
+            cost += _estimate(counts, codec)
+        if cost < best_cost:
+            best, best_cost = b, cost
+    return best, best_cost
+
+
+def _estimate(counts: np.ndarray, codec: str) -> float:
+    est = _streams.estimate_bits(counts, codec)
+    if codec == "ans":  # the writer falls back to Huffman where it is smaller
+        est = min(est, _streams.estimate_bits(counts, "huffman"))
+    return est
+
+
+def _sparse_record(w, mask, value_sym, alphabet, raw_values, codec, bits) -> dict:
+    """Index stream plus value stream (symbols or raw) of the kept entries."""
+    gap = _sparse.gaps(mask)
+    if bits is None:
+        counts = None if value_sym is None else np.bincount(value_sym, minlength=alphabet)
+        raw_bits = 0 if raw_values is None else raw_values.dtype.itemsize * 8
+        bits, _ = _choose_index_bits(gap, counts, codec, raw_bits)
+    codes, real = _sparse.relative_indices(gap, bits)
+    entry: dict = {"index_bits": bits, "kept": len(real)}
+    entry["index"] = w.symbols(codes, 1 << bits, codec, "index")
+    fillers = len(codes) > len(real)
+    if value_sym is not None:
+        sym = np.full(len(codes), alphabet, np.int64)
+        sym[real] = value_sym
+        entry["filler"] = alphabet if fillers else None
+        entry["values"] = w.symbols(sym, alphabet + fillers, codec, "values")
+    else:
+        vals = np.zeros(len(codes), raw_values.dtype)  # fillers hold +0
+        vals[real] = raw_values
+        entry["values"] = w.raw(vals)
+    return entry
+
+
+def _combine(own: Any, mask: np.ndarray | None) -> np.ndarray | None:
+    own = None if own is None else np.asarray(own, bool)
+    if mask is None:
+        return own
+    return mask if own is None else own & mask
+
+
+def codebook(w, path: str, leaf: Codebook, mask, codec: str, bits) -> dict:
+    mask = _combine(leaf.mask, mask)
+    idx = np.asarray(leaf.indices)
+    cent = np.asarray(leaf.centroids)
+    index_dtype = _dtype_name(idx.dtype, path, "Codebook indices", mf.INTS)
+    _dtype_name(cent.dtype, path, "Codebook centroids", mf.FLOATS)
+    nbits = check_int(leaf.bits, 1, 16, "Codebook bits", path)
+    k = int(cent.shape[-1]) if cent.ndim else 0
+    if not mf.codebook_fits(cent.shape, idx.shape) or not 1 <= k <= 1 << nbits:
+        raise ValueError(
+            f"Codebook at {path!r} needs 1 to 2**bits centroids: shape (k,), or the "
+            f"indices' rank plus k for one codebook per slice; got {cent.shape}"
+        )
+    if k - 1 > np.iinfo(idx.dtype).max:
+        raise ValueError(f"Codebook at {path!r}: {k} centroids do not fit {index_dtype} indices")
+    _finite(cent, "Codebook centroids", path)
+    flat = idx.reshape(-1).astype(np.int64)
+    kept = flat if mask is None else flat[mask.reshape(-1)]
+    if kept.size and (kept.min() < 0 or kept.max() >= k):
+        raise ValueError(f"Codebook at {path!r} has indices outside [0, {k})")
+    entry = {
+        "kind": "codebook",
+        "shape": list(idx.shape),
+        "dtype": _dtype_name(leaf.dtype, path, "Codebook", mf.FLOATS),
+        "bits": nbits,
+        "index_dtype": index_dtype,
+        "centroids": w.raw(cent),
+    }
+    if mask is None:
+        entry["values"] = w.symbols(kept, k, codec, "values")
+    else:
+        entry.update(_sparse_record(w, mask, kept, k, None, codec, bits))
+    return entry
+
+
+def qarray(w, path: str, leaf: QArray, mask, codec: str, bits) -> dict:
+    mask = _combine(getattr(leaf, "mask", None), mask)
+    vals = np.asarray(leaf.values)
+    if not np.issubdtype(vals.dtype, np.integer) or vals.dtype.itemsize > 4:
+        raise TypeError(f"QArray at {path!r} needs integer values of at most 32 bits")
+    nbits = check_int(leaf.bits, 1, 32, "QArray bits", path)
+    packed = bool(getattr(leaf, "packed", False))
+    if packed:
+        vals = unpack_int4(vals)
+    group_size = getattr(leaf, "group_size", None)
+    if group_size is not None:
+        group_size = check_int(group_size, 1, max(vals.shape, default=1), "group_size", path)
+    shape = tuple(vals.shape)
+    parts = {}
+    for name in ("scale", "zero_point"):
+        arr = np.asarray(getattr(leaf, name))
+        _dtype_name(arr.dtype, path, f"QArray {name}", mf.FLOATS)
+        if not mf.broadcasts_into(arr.shape, shape, group_size):
+            raise ValueError(
+                f"QArray at {path!r}: {name} of shape {arr.shape} does not fit {shape}"
+            )
+        parts[name] = _finite(arr, f"QArray {name}", path)
+    axis = leaf.axis
+    if axis is not None:
+        axis = check_int(axis, -max(len(shape), 1), max(len(shape) - 1, 0), "QArray axis", path)
+    flat = vals.reshape(-1).astype(np.int64)
+    kept = flat if mask is None else flat[mask.reshape(-1)]
+    offset = int(kept.min()) if kept.size else 0
+    top = int(kept.max()) if kept.size else 0
+    if offset < -(1 << (nbits - 1)) or top > (1 << nbits) - 1:
+        raise ValueError(f"QArray at {path!r} has values outside {nbits} bits")
+    alphabet = top - offset + 1
+    entry = {
+        "kind": "qarray",
+        "shape": list(shape),
+        "dtype": _dtype_name(leaf.dtype, path, "QArray", mf.FLOATS),
+        "bits": nbits,
+        "axis": axis,
+        "values_dtype": _dtype_name(vals.dtype, path, "QArray values"),
+        "offset": offset,
+        **({"packed": True} if packed else {}),
+        **({"group_size": group_size} if group_size is not None else {}),
+        "scale": w.raw(parts["scale"]),
+        "zero_point": w.raw(parts["zero_point"]),
+    }
+    if mask is None:
+        entry["values"] = w.symbols(kept - offset, alphabet, codec, "values")
+    else:
+        entry.update(_sparse_record(w, mask, kept - offset, alphabet, None, codec, bits))
+    return entry
+
+
+def _zeros_mask(arr: np.ndarray, codec: str, bits) -> np.ndarray | None:
+    """The mask of a float leaf's non-(+0.0) entries, if storing it sparse is smaller."""
+    if arr.dtype.name not in mf.FLOATS or arr.size < 64:
+        return None
+    keep = (arr != 0) | np.signbit(arr)  # -0.0 and NaN stay stored: decoding is bitwise
+    zeros = arr.size - int(np.count_nonzero(keep))
+    if zeros < _AUTO_SPARSE_ZEROS * arr.size:
+        return None
+    width = arr.dtype.itemsize * 8
+    gap = _sparse.gaps(keep)
+    if bits is None:
+        _, cost = _choose_index_bits(gap, None, codec, width)
+    else:
+        fillers = int(((gap - 1) >> bits).sum())
+        cost = (len(gap) + fillers) * (bits + width)
+    return keep if cost + STREAM_BITS < arr.size * width else None
+
+
+def array(w, path: str, leaf: Any, mask, codec: str, bits) -> dict:
+    arr = np.asarray(leaf)
+    name = _dtype_name(arr.dtype, path)
+    if mask is None:
+        mask = _zeros_mask(arr, codec, bits)
+    if mask is None:
+        return {"kind": "raw", "shape": list(arr.shape), "dtype": name, "data": w.raw(arr)}
+    entry = {"kind": "sparse", "shape": list(arr.shape), "dtype": name}
+    values = arr.reshape(-1)[mask.reshape(-1)]
+    entry.update(_sparse_record(w, mask, None, 0, values, codec, bits))
+    return entry
