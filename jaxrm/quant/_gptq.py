@@ -69,6 +69,8 @@ def build(leaf, ls, grid: Grid, results) -> QArray:
     scale = np.stack([r[1].T for r in results])  # (slices, groups, d_out)
     zero = np.stack([r[2].T for r in results])
     dtype = np.int8 if grid.symmetric else np.uint8
+    dims = ls.group_dims(grid.group_size)
+    grouped = [n // k for k, n in zip(dims, ls.shape) if 1 < k < n]
     return QArray(
         values=jnp.asarray(ls.unmatrix(levels).astype(dtype)),
         scale=jnp.asarray(ls.from_groups(scale, grid.group_size), jnp.float32),
@@ -76,6 +78,7 @@ def build(leaf, ls, grid: Grid, results) -> QArray:
         bits=grid.bits,
         axis=ls.out[0] if ls.out else None,
         dtype=jnp.dtype(leaf.dtype).name,
+        group_size=grouped[0] if grouped else None,
     )
 
 

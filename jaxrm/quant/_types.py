@@ -31,6 +31,8 @@ class QArray:
       bits: number of bits of the integer grid (static).
       axis: the per-channel axis, or ``None`` per tensor (static).
       dtype: name of the original floating dtype (static).
+      group_size: ``None``, or the entries per scale on the one grouped axis
+        (where ``scale`` has ``n // group_size`` entries, GPTQ's groups; static).
     """
 
     values: jax.Array
@@ -39,6 +41,7 @@ class QArray:
     bits: int = dataclasses.field(default=8, metadata={"static": True})
     axis: int | None = dataclasses.field(default=None, metadata={"static": True})
     dtype: str = dataclasses.field(default="float32", metadata={"static": True})
+    group_size: int | None = dataclasses.field(default=None, metadata={"static": True})
 
     replace = dataclasses.replace
 
