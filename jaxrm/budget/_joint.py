@@ -10,8 +10,7 @@ import numpy as np
 from jaxrm import tree as jtree
 from jaxrm.calib import Stats
 from jaxrm.calib._solver import Grid
-from jaxrm.prune._oneshot import _block, _check_nm, _target, prune_slice
-from jaxrm.prune._patterns import NM
+from jaxrm.prune._oneshot import solve_leaves
 from jaxrm.quant._gptq import build
 
 __all__ = ["sparsegpt_quant"]
@@ -59,18 +58,9 @@ def sparsegpt_quant(
         raise ValueError(f"bits must be an int in [2, 8], got {bits!r}")
     grid = Grid(bits, symmetric, None)
     leaves, keeps = {}, {}
-    for path, leaf, ls in stats.pick(params, where):
-        target = _target(sparsity, path, leaf, "sparsity")
-        if isinstance(target, NM):
-            _check_nm(ls, target)
-        b = _block(block, ls, target)
-        w3 = ls.matrix(np.asarray(leaf, np.float32))
-        res = [
-            prune_slice(
-                w3[i].T, ls.hessian[i], target, damp=damp, block=b, path=path, index=i, grid=grid
-            )
-            for i in range(ls.n_slices)
-        ]
+    for path, leaf, ls, res in solve_leaves(
+        params, stats, sparsity, block=block, damp=damp, where=where, grid=grid
+    ):
         leaves[path] = build(leaf, ls, grid, [(r[0], r[1][:, :1], r[2][:, :1]) for r in res])
         keeps[path] = jnp.asarray(ls.unmatrix(np.stack([r[3].T for r in res])))
     tree = jtree.map_selected(lambda p, x: leaves[p], params, lambda p, x: p in leaves)

@@ -125,6 +125,23 @@ def prune_slice(w, h, target, *, damp, block, path, index, grid=None, init=None)
     return tuple(np.asarray(a) for a in out)
 
 
+def solve_leaves(params, stats: Stats, sparsity, *, block, damp, where, grid=None):
+    """Yields ``(path, leaf, LeafStats, per-slice solver outputs)`` for each chosen leaf."""
+    for path, leaf, ls in stats.pick(params, where):
+        target = _target(sparsity, path, leaf, "sparsity")
+        if isinstance(target, NM):
+            _check_nm(ls, target)
+        b = _block(block, ls, target)
+        w3 = ls.matrix(np.asarray(leaf, np.float32))
+        res = [
+            prune_slice(
+                w3[i].T, ls.hessian[i], target, damp=damp, block=b, path=path, index=i, grid=grid
+            )
+            for i in range(ls.n_slices)
+        ]
+        yield path, leaf, ls, res
+
+
 def sparsegpt(
     params: Any,
     stats: Stats,
@@ -167,16 +184,9 @@ def sparsegpt(
     if not np.isfinite(damp) or damp < 0:
         raise ValueError(f"damp must be a finite float >= 0, got {damp!r}")
     keeps, weights = {}, {}
-    for path, leaf, ls in stats.pick(params, where):
-        target = _target(sparsity, path, leaf, "sparsity")
-        if isinstance(target, NM):
-            _check_nm(ls, target)
-        b = _block(block, ls, target)
-        w3 = ls.matrix(np.asarray(leaf, np.float32))
-        res = [
-            prune_slice(w3[i].T, ls.hessian[i], target, damp=damp, block=b, path=path, index=i)
-            for i in range(ls.n_slices)
-        ]
+    for path, leaf, ls, res in solve_leaves(
+        params, stats, sparsity, block=block, damp=damp, where=where
+    ):
         keeps[path] = ls.unmatrix(np.stack([r[3].T for r in res]))
         w_hat = ls.unmatrix(np.stack([r[4].T for r in res]))
         weights[path] = jnp.asarray(np.where(keeps[path], w_hat, 0.0), jnp.dtype(leaf.dtype))
