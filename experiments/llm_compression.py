@@ -130,6 +130,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--corpus", type=Path, default=None, help="a text file instead of the KJV")
     ap.add_argument("--only", nargs="*", default=None, help="method names to run")
+    ap.add_argument(
+        "--qwix",
+        action="store_true",
+        help="also run Qwix's GPTQ (eager, about 0.1 s per weight column on 2 cores)",
+    )
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
     ap.add_argument("--cache", type=Path, default=kjv.CACHE, help="corpus and float model cache")
     args = ap.parse_args(argv)
@@ -172,6 +177,8 @@ def main(argv=None) -> None:
     rows = []
     table = llm_methods.methods(cfg["group"])
     names = [n for n in table if args.only is None or n in args.only]
+    if not args.qwix:
+        names = [n for n in names if not n.startswith("Qwix")]
     bar = _bar(len(names) + 4, "methods")
     for name in names:
         try:
