@@ -220,29 +220,44 @@ def allocate(
         results.append(row_r)
         costs.append(row_c)
         errors.append(row_e)
-    costs_a, errors_a = np.asarray(costs, np.int64), np.asarray(errors)
+    errors_a = np.asarray(errors)
     paths = [p for p, _, _ in picked]
-    # Bytes of everything else: the file with the cheapest options, minus their costs.
-    cheapest = costs_a.argmin(axis=1)
-    _, _, base_data = _assemble(params, paths, results, cheapest, entropy)
-    rest = len(base_data) - int(costs_a[np.arange(len(paths)), cheapest].sum())
-    if len(base_data) > budget:
+    k = len(menu)
+    # The container shares some bytes between leaves, so a leaf's cost is measured
+    # in context: the file with that leaf switched, against the current choice.
+    # Every file measured is a candidate; the best one that fits is kept.
+    choice = list(np.asarray(costs, np.int64).argmin(axis=1))
+    seen: dict[tuple, int] = {}
+
+    def size_of(ch) -> int:
+        key = tuple(int(c) for c in ch)
+        if key not in seen:
+            seen[key] = len(_assemble(params, paths, results, key, entropy)[2])
+        return seen[key]
+
+    if size_of(choice) > budget:
         raise ValueError(
             f"budget={budget} bytes is below the smallest file this menu allows "
-            f"({len(base_data)} bytes)"
+            f"({size_of(choice)} bytes)"
         )
-    slack = 0
-    for _ in range(8):
-        choice = _choose(costs_a, errors_a, budget - rest - slack, cells)
-        if choice is None:
-            choice = list(cheapest)
-        tree, masks, data = _assemble(params, paths, results, choice, entropy)
-        if len(data) <= budget:
+    for _ in range(6):
+        base = size_of(choice)
+        marginal = np.zeros((len(paths), k), np.int64)
+        for i in range(len(paths)):
+            for j in range(k):
+                alt = list(choice)
+                alt[i] = j
+                marginal[i, j] = size_of(alt) - base
+        marginal -= marginal.min(axis=1, keepdims=True)
+        offset = base - int(sum(marginal[i, c] for i, c in enumerate(choice)))
+        new = _choose(marginal, errors_a, budget - offset, cells)
+        if new is None or new == choice:
             break
-        slack += len(data) - budget
-    else:  # pragma: no cover - the cheapest choice always fits (checked above)
-        choice = list(cheapest)
-        tree, masks, data = _assemble(params, paths, results, choice, entropy)
+        choice = new
+    fits = [c for c, n in seen.items() if n <= budget]
+    choice = list(min(fits, key=lambda c: (sum(errors_a[i, j] for i, j in enumerate(c)), seen[c])))
+    tree, masks, data = _assemble(params, paths, results, choice, entropy)
+    costs_a = np.asarray(costs, np.int64)
     rows = tuple(
         (p, menu[j].label, int(costs_a[i, j]), float(errors_a[i, j]))
         for i, (p, j) in enumerate(zip(paths, choice))

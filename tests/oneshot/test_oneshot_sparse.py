@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _oneshot_ref import sparsegpt as ref_sparsegpt
 from _oneshot_ref import wanda as ref_wanda
-from test_gptq import _correlated, _dense, _err, _fn, _Scanned
+from test_oneshot_gptq import _correlated, _dense, _err, _fn, _Scanned
 
 from jaxrm import calib, prune
 

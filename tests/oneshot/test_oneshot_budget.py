@@ -7,7 +7,7 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_gptq import _correlated, _err
+from test_oneshot_gptq import _correlated, _err
 
 from jaxrm import budget, calib, coding, prune, quant
 

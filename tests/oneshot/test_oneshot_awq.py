@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_gptq import _correlated, _dense, _err, _fn
+from test_oneshot_gptq import _correlated, _dense, _err, _fn
 
 from jaxrm import calib, quant
 
