@@ -13,6 +13,7 @@ or, during training, ``prune.sparsify(optax.adam(1e-3), prune.polynomial(0.9, 0,
 
 from jaxrm.prune._distributions import erk, uniform
 from jaxrm.prune._masks import apply, masks, threshold
+from jaxrm.prune._oneshot import sparsegpt, wanda
 from jaxrm.prune._optax import SparsifyState, masks_of, sparsify
 from jaxrm.prune._patterns import NM, Blocks, Channels, blocks, channels, nm
 from jaxrm.prune._schedules import constant, iterative, one_shot, polynomial
@@ -20,6 +21,8 @@ from jaxrm.prune._scores import magnitude, random, saliency
 from jaxrm.prune._summary import Summary, SummaryRow, summary
 
 __all__ = [
+    "wanda",
+    "sparsegpt",
     "NM",
     "Blocks",
     "Channels",
@@ -45,6 +48,3 @@ __all__ = [
     "threshold",
     "uniform",
 ]
-from jaxrm.prune._oneshot import sparsegpt, wanda
-
-__all__ += ["sparsegpt", "wanda"]

@@ -13,12 +13,18 @@
 * [`dequantize`][jaxrm.quant.dequantize] gives back float parameters.
 """
 
+from jaxrm.quant._awq import awq, smooth
+from jaxrm.quant._gptq import gptq, rtn
 from jaxrm.quant._kmeans import kmeans
 from jaxrm.quant._train import combine, partition, trainable
 from jaxrm.quant._types import Codebook, QArray, dequantize, is_quantized
 from jaxrm.quant._uniform import fake_quant, fake_quant_tree, uniform
 
 __all__ = [
+    "smooth",
+    "rtn",
+    "gptq",
+    "awq",
     "Codebook",
     "QArray",
     "combine",
@@ -31,7 +37,3 @@ __all__ = [
     "trainable",
     "uniform",
 ]
-from jaxrm.quant._awq import awq, smooth
-from jaxrm.quant._gptq import gptq, rtn
-
-__all__ += ["awq", "gptq", "rtn", "smooth"]
