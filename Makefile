@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # `pip install torch` would fetch a multi-GB CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: test test-all lint bench docs reproduce reproduce-all clean
+.PHONY: test test-all lint bench docs reproduce reproduce-all reproduce-llm clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ reproduce-all: $(VENV)/.experiments
 	$(PY) -m experiments.deep_compression --model lenet-300-100 --config best --seeds 3 --sweep --print-table
 	$(PY) -m experiments.deep_compression --model lenet-5 --config paper --print-table
 	$(PY) -m experiments.deep_compression --model lenet-5 --config best --print-table
+	$(MAKE) reproduce-llm
+
+# One-shot compression of a small GPT on the KJV (Debian's bible-kjv-text); the float
+# model is trained once and cached under build/llm/; rewrites experiments/results/llm-compression/.
+reproduce-llm: $(VENV)/.experiments
+	$(PY) -m experiments.llm_compression --config full --out experiments/results/llm-compression
 
 clean:
 	rm -rf $(VENV) site build .pytest_cache

@@ -15,6 +15,7 @@ from jaxrm.prune._distributions import erk, uniform
 from jaxrm.prune._group_scores import group_keep, group_scores
 from jaxrm.prune._groups import Group, groups
 from jaxrm.prune._masks import apply, masks, threshold
+from jaxrm.prune._oneshot import sparsegpt, wanda
 from jaxrm.prune._optax import SparsifyState, masks_of, sparsify
 from jaxrm.prune._patterns import NM, Blocks, Channels, blocks, channels, nm
 from jaxrm.prune._schedules import constant, iterative, one_shot, polynomial
@@ -23,6 +24,8 @@ from jaxrm.prune._shrink import Shrunk, group_masks, shrink
 from jaxrm.prune._summary import Summary, SummaryRow, summary
 
 __all__ = [
+    "wanda",
+    "sparsegpt",
     "NM",
     "Blocks",
     "Channels",

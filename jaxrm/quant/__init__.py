@@ -18,9 +18,11 @@
   [`lsq_export`][jaxrm.quant.lsq_export]: learned step size QAT.
 """
 
+from jaxrm.quant._awq import awq, smooth
 from jaxrm.quant._calibrate import calibrate_activations
 from jaxrm.quant._execute import quantized
 from jaxrm.quant._fake import fake_quant, fake_quant_tree
+from jaxrm.quant._gptq import gptq, rtn
 from jaxrm.quant._kmeans import kmeans
 from jaxrm.quant._lsq import LsqArray, lsq, lsq_apply, lsq_export
 from jaxrm.quant._train import combine, partition, trainable
@@ -28,6 +30,10 @@ from jaxrm.quant._types import Codebook, QArray, dequantize, is_quantized
 from jaxrm.quant._uniform import uniform
 
 __all__ = [
+    "smooth",
+    "rtn",
+    "gptq",
+    "awq",
     "Codebook",
     "LsqArray",
     "QArray",

@@ -135,6 +135,16 @@ class QArray:
         return x.astype(self.dtype)
 
 
+def _groups(p: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Repeats group-wise parameters so that they broadcast against ``shape``."""
+    p = jnp.asarray(p)
+    if p.ndim == len(shape):
+        for a, (k, n) in enumerate(zip(p.shape, shape)):
+            if 1 < k < n and n % k == 0:
+                p = jnp.repeat(p, n // k, axis=a)
+    return p
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Codebook:

@@ -1,0 +1,285 @@
+"""One-shot compression of a small GPT on the King James Bible, measured from the ``.jrm`` file.
+
+Usage::
+
+    python -m experiments.llm_compression --config full    # make reproduce-llm
+    python -m experiments.llm_compression --config tiny    # a minute-long smoke run
+
+Stages: the corpus from Debian's ``bible-kjv-text`` (see ``experiments/kjv.py``),
+training of a byte-level decoder under ``nn.scan`` (cached under ``build/llm/``
+as a ``.jrm`` file, so later runs skip it), calibration statistics on training
+sequences, every method of ``experiments/llm_methods.py``, and for each the
+held-out perplexity of the parameters decoded from its ``.jrm`` file, its file
+size and its wall time; then the byte-budget allocation at two budgets
+against the uniform settings of the same size. Writes ``results.json``,
+``table.md`` and ``ppl_vs_size.png`` to ``--out`` (default
+``build/llm/results-<config>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxrm
+from experiments import gpt, kjv, llm_methods
+from jaxrm import budget, calib, coding
+
+CONFIGS = {
+    # ~5M parameters; the float model trains once and is cached.
+    "full": dict(
+        d_model=320,
+        heads=5,
+        layers=4,
+        context=128,
+        steps=1500,
+        batch=32,
+        lr=2e-3,
+        group=128,
+        calib=64,
+        eval_windows=256,
+    ),
+    "tiny": dict(
+        d_model=64,
+        heads=2,
+        layers=2,
+        context=32,
+        steps=150,
+        batch=16,
+        lr=3e-3,
+        group=32,
+        calib=16,
+        eval_windows=32,
+    ),
+}
+
+
+def _bar(total, desc):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is in the experiments extra
+        return None
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+
+
+def windows(tokens: np.ndarray, length: int, count: int, rng=None) -> np.ndarray:
+    """``count`` windows of ``length`` tokens: random starts, or consecutive without ``rng``."""
+    if rng is None:
+        n = min(count, (len(tokens) - 1) // length)
+        return tokens[: n * length].reshape(n, length)
+    starts = rng.integers(0, len(tokens) - length, count)
+    return np.stack([tokens[s : s + length] for s in starts])
+
+
+def train(model, cfg, tokens, seed):
+    params = model.init(jax.random.key(seed), jnp.zeros((1, cfg["context"]), jnp.int32))["params"]
+    sched = optax.warmup_cosine_decay_schedule(0.0, cfg["lr"], 50, cfg["steps"])
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, batch):
+        loss, g = jax.value_and_grad(lambda p: gpt.loss(model, p, batch))(params)
+        updates, state = opt.update(g, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    rng = np.random.default_rng(seed)
+    bar = _bar(cfg["steps"], "train")
+    for i in range(cfg["steps"]):
+        batch = jnp.asarray(windows(tokens, cfg["context"] + 1, cfg["batch"], rng))
+        params, state, loss = step(params, state, batch)
+        if bar is not None:
+            bar.update()
+            if i % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+    if bar is not None:
+        bar.close()
+    return params
+
+
+def perplexity(model, params, tokens, cfg) -> float:
+    w = windows(tokens, cfg["context"] + 1, cfg["eval_windows"])
+    f = jax.jit(lambda p, b: gpt.loss(model, p, b))
+    losses = [
+        float(f(params, jnp.asarray(w[i : i + 16]))) * len(w[i : i + 16])
+        for i in range(0, len(w), 16)
+    ]
+    return math.exp(sum(losses) / len(w))
+
+
+def evaluate(model, params_like, data: bytes, test, cfg) -> float:
+    decoded = coding.decode(data, like=params_like)
+    return perplexity(model, decoded, test, cfg)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="full")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--corpus", type=Path, default=None, help="a text file instead of the KJV")
+    ap.add_argument("--only", nargs="*", default=None, help="method names to run")
+    ap.add_argument(
+        "--qwix",
+        action="store_true",
+        help="also run Qwix's GPTQ (eager, about 0.1 s per weight column on 2 cores)",
+    )
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
+    ap.add_argument("--cache", type=Path, default=kjv.CACHE, help="corpus and float model cache")
+    args = ap.parse_args(argv)
+    cfg = dict(CONFIGS[args.config])
+    if args.steps is not None:
+        cfg["steps"] = args.steps
+    out = args.out or args.cache / f"results-{args.config}"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = args.corpus.read_bytes() if args.corpus else kjv.text(args.cache)
+    train_tok, test_tok, vocab = kjv.splits(data)
+    mcfg = gpt.GPTConfig(len(vocab), cfg["d_model"], cfg["heads"], cfg["layers"], cfg["context"])
+    model = gpt.GPT(mcfg)
+    tag = f"{args.config}-steps{cfg['steps']}-seed{args.seed}-{len(data)}"
+    cache = args.cache / f"float-{tag}.jrm"
+    like = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    t_train = 0.0
+    if cache.exists():
+        params = coding.load(cache, like=like)
+    else:
+        t = time.perf_counter()
+        params = train(model, cfg, train_tok, args.seed)
+        t_train = time.perf_counter() - t
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        coding.save(cache, params, entropy="none")
+    n_params = jaxrm.tree.count(params, where=jaxrm.tree.arrays)
+
+    rng = np.random.default_rng(args.seed + 1)
+    cal = windows(train_tok, cfg["context"], cfg["calib"], rng)
+    fn = lambda p, b: model.apply({"params": p}, b)
+    t = time.perf_counter()
+    stats = calib.collect(
+        fn,
+        params,
+        [jnp.asarray(cal[i : i + 8]) for i in range(0, len(cal), 8)],
+        where=llm_methods.WHERE,
+    )
+    t_calib = time.perf_counter() - t
+
+    rows = []
+    table = llm_methods.methods(cfg["group"])
+    names = [n for n in table if args.only is None or n in args.only]
+    if not args.qwix:
+        names = [n for n in names if not n.startswith("Qwix")]
+    bar = _bar(len(names) + 4, "methods")
+    for name in names:
+        try:
+            tree, masks, secs = llm_methods.run(table[name], params, stats)
+        except ImportError as e:  # Qwix is in the experiments extra
+            print(f"skipping {name}: {e}", file=sys.stderr)
+            continue
+        blob = coding.encode(tree, masks=masks)
+        ppl = evaluate(model, like, blob, test_tok, cfg)
+        rows.append({"method": name, "bytes": len(blob), "ppl": ppl, "seconds": secs})
+        if name == "Qwix GPTQ 4-bit (sym.)":  # floats out: its size is not a Qwix file size
+            rows[-1]["bytes"] = None
+        if bar is not None:
+            bar.update()
+            bar.set_postfix(last=f"{name}: {ppl:.2f}")
+    by = {r["method"]: r for r in rows}
+    for ref_name in ("GPTQ 4-bit", "GPTQ 3-bit"):
+        if ref_name not in by:
+            continue
+        b = by[ref_name]["bytes"]
+        t = time.perf_counter()
+        alloc = budget.allocate(params, stats, b, where=llm_methods.WHERE)
+        secs = time.perf_counter() - t
+        ppl = evaluate(model, like, alloc.data, test_tok, cfg)
+        rows.append(
+            {
+                "method": f"budget = {ref_name} file",
+                "bytes": len(alloc.data),
+                "ppl": ppl,
+                "seconds": secs,
+                "allocation": [list(r) for r in alloc.rows],
+            }
+        )
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    result = {
+        "config": args.config,
+        "settings": cfg,
+        "seed": args.seed,
+        "parameters": n_params,
+        "corpus": {
+            "package": f"bible-kjv-text {kjv.VERSION}" if not args.corpus else str(args.corpus),
+            "bytes": len(data),
+            "train_tokens": len(train_tok),
+            "test_tokens": len(test_tok),
+            "vocab": len(vocab),
+        },
+        "train_seconds": t_train,
+        "calib_seconds": t_calib,
+        "total_seconds": time.perf_counter() - t0,
+        "loadavg": os.getloadavg(),
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jaxrm": jaxrm.__version__,
+        },
+        "rows": rows,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "table.md").write_text(_table(result))
+    _plot(rows, out / "ppl_vs_size.png")
+    print(_table(result))
+
+
+def _table(result) -> str:
+    lines = [
+        f"Held-out perplexity from the decoded .jrm file ({result['parameters']} parameters, "
+        f"config {result['config']}, seed {result['seed']})",
+        "",
+        "| method | file bytes | perplexity | seconds |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        b = "-" if r["bytes"] is None else str(r["bytes"])
+        lines.append(f"| {r['method']} | {b} | {r['ppl']:.3f} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        if r["bytes"] is None:
+            continue
+        ax.scatter(r["bytes"] / 1e6, r["ppl"])
+        ax.annotate(r["method"], (r["bytes"] / 1e6, r["ppl"]), fontsize=7)
+    ax.set_xlabel("file size (MB)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
