@@ -76,6 +76,35 @@ def main() -> None:
         notes[name] = f"inertia {e:.3f} ({e / ref:.6f} x the lowest)"
     print(f"one {args.rows}x{args.cols} float32 leaf, {args.bits} bits (k={k}), linear init")
     table(rounds(contenders, args.rounds), "jaxrm kmeans, 300 iters", notes)
+    per_slice_ratio(args.rounds, args.bits)
+
+
+def per_slice_ratio(n_rounds: int, bits: int, layers: int = 12, width: int = 768) -> None:
+    """A stacked ``(layers, width, width)`` kernel against the same slices as separate leaves.
+
+    Per-slice scales and codebooks must cost about what the unstacked tree
+    costs (the layouts' target: at most 1.2x); both results are checked equal.
+    """
+    w = np.random.default_rng(1).standard_normal((layers, width, width)).astype(np.float32)
+    stacked = {"layers": {"kernel": w}}
+    separate = {f"layer_{i}": {"kernel": w[i]} for i in range(layers)}
+    rules = dict(stacked=0)
+    a = quant.dequantize(quant.uniform(stacked, 8, axis=-1, **rules))["layers"]["kernel"]
+    b = quant.dequantize(quant.uniform(separate, 8, axis=-1))
+    assert all(np.array_equal(a[i], b[f"layer_{i}"]["kernel"]) for i in range(layers))
+    contenders = {
+        "uniform, stacked": lambda: quant.uniform(stacked, 8, axis=-1, **rules),
+        "uniform, separate leaves": lambda: quant.uniform(separate, 8, axis=-1),
+        "kmeans, stacked": lambda: quant.kmeans(stacked, bits, iters=30, **rules),
+        "kmeans, separate leaves": lambda: quant.kmeans(separate, bits, iters=30),
+        "memcpy of the kernel": memcpy([w]),
+    }
+    print(f"\nper-slice cost: one ({layers}, {width}, {width}) kernel vs {layers} leaves")
+    times = rounds(contenders, n_rounds)
+    table(times, "uniform, separate leaves")
+    for name in ("uniform", "kmeans"):
+        ratio = min(times[f"{name}, stacked"]) / min(times[f"{name}, separate leaves"])
+        print(f"{name}: stacked / separate = {ratio:.2f}x (min of rounds; target <= 1.2x)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Compression to a byte budget, and joint pruning with quantization.
 
-:func:`allocate` picks bits and sparsity per leaf from a menu so that the
+[`allocate`][jaxrm.budget.allocate] picks bits and sparsity per leaf from a menu so that the
 ``.jrm`` file fits a byte budget with the least Hessian-weighted error;
-:func:`sparsegpt_quant` prunes and quantizes in one SparseGPT pass. This
+[`sparsegpt_quant`][jaxrm.budget.sparsegpt_quant] prunes and quantizes in one SparseGPT pass. This
 package may import both ``prune`` and ``quant`` (they do not import each other).
 """
 

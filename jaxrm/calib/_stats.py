@@ -77,7 +77,7 @@ class LeafStats:
         return w.transpose(self._perm).reshape(self.n_slices, self.d_in, self.d_out)
 
     def unmatrix(self, m: Any) -> Any:
-        """Inverse of :meth:`matrix`: ``(n_slices, d_in, d_out)`` back to the leaf's shape."""
+        """Inverse of ``matrix``: ``(n_slices, d_in, d_out)`` back to the leaf's shape."""
         perm = self._perm
         m = m.reshape(tuple(self.shape[a] for a in perm))
         return m.transpose(tuple(np.argsort(perm)))
@@ -163,7 +163,9 @@ class Stats(Mapping):
     def __len__(self) -> int:
         return len(self.leaves)
 
-    def pick(self, params: Any, where: jtree.Where = None, *, argument: str = "stats"):
+    def pick(
+        self, params: Any, where: jtree.Where = None, *, argument: str = "stats"
+    ) -> list[tuple[str, Any, LeafStats]]:
         """The leaves a one-shot method works on, checked against ``params``.
 
         With ``where=None`` every leaf that has statistics; otherwise the leaves
@@ -214,6 +216,8 @@ class Stats(Mapping):
         if isinstance(where, str):
             pat = re.compile(where)
             keep = {p: s for p, s in self.leaves.items() if pat.search(p)}
+        elif where is None:
+            keep = dict(self.leaves)
         else:
             keep = {p: s for p, s in self.leaves.items() if where(p, s)}
         return dataclasses.replace(self, leaves=keep)

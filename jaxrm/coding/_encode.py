@@ -30,7 +30,7 @@ SHARE_MAX = 1 << 14
 
 
 class _Writer:
-    """Collects raw arrays and symbol runs; :meth:`finish` lays out sections and streams."""
+    """Collects raw arrays and symbol runs; ``finish`` lays out sections and streams."""
 
     def __init__(self) -> None:
         self.raw_parts: list[bytes] = []
@@ -48,7 +48,7 @@ class _Writer:
         return ref
 
     def symbols(self, sym: np.ndarray, alphabet: int, codec: str, role: str) -> dict:
-        """A placeholder record for symbols in ``[0, alphabet)``, filled by :meth:`finish`."""
+        """A placeholder record for symbols in ``[0, alphabet)``, filled by ``finish``."""
         ref: dict = {}
         self.runs.append((ref, np.asarray(sym, np.int64).reshape(-1), alphabet, codec, role))
         return ref

@@ -104,7 +104,9 @@ def save(path: str | os.PathLike, tree: Any, **kwargs: Any) -> int:
       The number of bytes written.
 
     Raises:
-      The errors of [jaxrm.coding.encode][], and ``OSError`` from the file system.
+      ValueError: as [jaxrm.coding.encode][] raises it (bad trees and settings).
+      TypeError: as [jaxrm.coding.encode][] raises it (bad types).
+      OSError: the file system refused the write (nothing is left behind).
     """
     data = _encode.encode(tree, **kwargs)
     target = os.path.realpath(os.fspath(path))  # through symbolic links, deliberately

@@ -23,7 +23,7 @@ def unpack_int4(packed: np.ndarray) -> np.ndarray:
 
 
 def pack_int4(values: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`unpack_int4` (an even last axis)."""
+    """Inverse of ``unpack_int4`` (an even last axis)."""
     v = values.reshape(*values.shape[:-1], values.shape[-1] // 2, 2).astype(np.uint8)
     out = (v[..., 0] & 15) | (v[..., 1] << 4)
     return out.view(np.int8) if values.dtype == np.int8 else out

@@ -11,7 +11,7 @@ Layout (integers little-endian)::
     20      M     manifest: UTF-8 JSON
     20+M    ...   sections, back to back, lengths and CRC32s in the manifest
 
-:func:`parse` is the one reader of this layout: it checks every field's type
+``parse`` is the one reader of this layout: it checks every field's type
 and range, every size against the bytes present and against the caller's
 ``max_elements`` before anything is allocated, and turns the JSON into the
 frozen records of ``_records``. ``decode`` and ``report`` both start from it.

@@ -1,8 +1,8 @@
 """The records of a ``.jrm`` file: header constants, limits, and typed frozen records.
 
-A parsed file is a :class:`Manifest` of :class:`Leaf` records (one class per
-kind of leaf) that refer to :class:`Raw` arrays in sections and to
-:class:`Symbols` runs of coded :class:`Stream` s. The checks shared by the
+A parsed file is a ``Manifest`` of ``Leaf`` records (one class per
+kind of leaf) that refer to ``Raw`` arrays in sections and to
+``Symbols`` runs of coded ``Stream`` s. The checks shared by the
 writer and the parser (paths, broadcasting of scales, codebook shapes) live
 here too, so both sides enforce the same rules.
 """

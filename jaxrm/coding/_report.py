@@ -77,7 +77,7 @@ class Report:
     """Per-leaf rows and the total; ``str()`` is a markdown table.
 
     Attributes:
-      rows: one :class:`ReportRow` per leaf, in file order.
+      rows: one [`ReportRow`][jaxrm.coding.ReportRow] per leaf, in file order.
       total: the sums; ``total.bytes`` is the file size (header and manifest
         included, as ``overhead_bytes``).
       overhead_bytes: bytes of the header and manifest.

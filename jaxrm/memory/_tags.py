@@ -80,7 +80,7 @@ def check_tags(policy: NamedPolicy, jaxpr: Any) -> None:
 
 
 def check_regions(jaxpr: Any) -> int:
-    """Checks every checkpointed region governed by a :class:`NamedPolicy`.
+    """Checks every checkpointed region governed by a ``NamedPolicy``.
 
     Returns:
       The number of regions checked.

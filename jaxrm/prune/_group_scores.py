@@ -46,7 +46,7 @@ def group_scores(
 
     Args:
       params: the tree the groups were found on.
-      groups: from :func:`jaxrm.prune.groups`.
+      groups: from [`groups`][jaxrm.prune.groups].
       method: ``"l2"`` (sum over members of the channel's L2 norm), ``"l1"``
         (sum of absolute values), ``"bn"`` (the absolute value of the
         normalisation scale in the group: a 1-D member named ``scale``,
@@ -150,12 +150,12 @@ def group_keep(
 
     With ``scope="uniform"`` every group keeps ``round((1 - s) * size)``
     channels; with ``scope="global"`` the ``round((1 - s) * total)`` highest
-    scores over all groups are kept. The selection is :func:`jaxrm.prune.masks`
+    scores over all groups are kept. The selection is [`masks`][jaxrm.prune.masks]
     (exact counts, ties to the lower index). Every group keeps at least
     ``min_keep`` channels (its best ones), so no layer is cut off.
 
     Args:
-      scores: one score array per group, e.g. from :func:`group_scores`.
+      scores: one score array per group, e.g. from [`group_scores`][jaxrm.prune.group_scores].
       sparsity: the fraction of channels removed, a float in ``[0, 1)``, or
         (uniform only) a list with one float per group.
       scope: ``"uniform"`` or ``"global"``.
@@ -205,7 +205,7 @@ def group_keep(
 
 
 def _exact(p: float, n: int, count: int) -> float:
-    """A sparsity that :func:`masks` turns into exactly ``count`` of ``n`` kept."""
+    """A sparsity that [`masks`][jaxrm.prune.masks] turns into exactly ``count`` of ``n`` kept."""
     for cand in (p, math.nextafter(p, 0.0), math.nextafter(p, 1.0)):
         if 0.0 <= cand < 1.0 and round((1.0 - cand) * n) == count:
             return cand

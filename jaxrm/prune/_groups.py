@@ -5,7 +5,7 @@ follows every axis through every equation (see ``_trace_rules``): a kernel's
 output channel, its bias, the next normalisation's scale, shift and running
 statistics, the next kernel's input axis, and all channels joined by residual
 additions, concatenations and reshapes into heads land in one group, which
-:func:`jaxrm.prune.shrink` removes together.
+[`shrink`][jaxrm.prune.shrink] removes together.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Group:
       layer: for a group inside a scanned stack of layers, the layer (the
         index along axis 0 of every member); ``None`` otherwise.
       outputs: ``leaf path -> produced axes`` of every kernel in the program,
-        used by :func:`jaxrm.prune.shrink` to report module sizes.
+        used by [`shrink`][jaxrm.prune.shrink] to report module sizes.
     """
 
     size: int

@@ -24,7 +24,7 @@ __all__ = ["Shrunk", "group_masks", "shrink"]
 
 
 class Shrunk(NamedTuple):
-    """The result of :func:`shrink`.
+    """The result of [`shrink`][jaxrm.prune.shrink].
 
     Attributes:
       params: the smaller tree, of the input's structure.
@@ -86,13 +86,13 @@ def group_masks(params: Any, groups: Sequence[Group], keep: Sequence[Any]) -> An
     """The mask tree that silences the removed channels of every group.
 
     ``prune.apply(params, group_masks(params, groups, keep))`` is the masked
-    model that :func:`shrink` reproduces exactly.
+    model that [`shrink`][jaxrm.prune.shrink] reproduces exactly.
 
     Args:
       params: the tree the groups were found on.
-      groups: from :func:`jaxrm.prune.groups`.
+      groups: from [`groups`][jaxrm.prune.groups].
       keep: one ``bool`` array of shape ``(group.size,)`` per group, ``True``
-        = kept (e.g. from :func:`jaxrm.prune.group_keep`).
+        = kept (e.g. from [`group_keep`][jaxrm.prune.group_keep]).
 
     Returns:
       A mask pytree of ``params``' structure: ``bool`` arrays at the leaves a
@@ -150,7 +150,7 @@ def shrink(params: Any, groups: Sequence[Group], keep: Sequence[Any]) -> Shrunk:
     columns, biases, normalisation parameters and ``batch_stats`` lose
     entries, fused and head axes lose whole heads), and the model built at
     the new sizes computes the same outputs as ``params`` masked by
-    :func:`group_masks` (up to float round-off). For Linen::
+    [`group_masks`][jaxrm.prune.group_masks] (up to float round-off). For Linen::
 
         small, sizes, _ = prune.shrink(variables, gs, keep)
         out = CNN(features=sizes["params/Conv_0"][0]).apply(small, x)
@@ -159,12 +159,12 @@ def shrink(params: Any, groups: Sequence[Group], keep: Sequence[Any]) -> Shrunk:
       params: the tree the groups were found on (a Linen variables dict with
         ``params`` and ``batch_stats``, an ``nnx.State``, an Equinox module's
         arrays, ...).
-      groups: from :func:`jaxrm.prune.groups`.
+      groups: from [`groups`][jaxrm.prune.groups].
       keep: one ``bool`` array of shape ``(group.size,)`` per group, ``True``
         = kept. A scanned leaf must keep the same count in every layer.
 
     Returns:
-      A :class:`Shrunk` ``(params, sizes, shapes)``; ``params`` has the
+      A [`Shrunk`][jaxrm.prune.Shrunk] ``(params, sizes, shapes)``; ``params`` has the
       input's structure and is a new tree (the input is not modified).
 
     Raises:

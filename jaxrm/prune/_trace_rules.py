@@ -1,7 +1,7 @@
 """How each jaxpr primitive couples the axes of its operands and results.
 
-:class:`Walker` visits a jaxpr equation by equation, giving every axis of
-every value a node of a :class:`~jaxrm.prune._coupling.Coupling` and joining
+``Walker`` visits a jaxpr equation by equation, giving every axis of
+every value a node of a ``Coupling`` and joining
 the nodes each primitive ties together. Calls (``jit``, ``custom_jvp_call``,
 ``checkpoint``, ...), ``cond`` and ``scan`` are walked into; a scan over
 stacked parameters registers each parameter slice as its own layer.
@@ -54,7 +54,7 @@ class Walker(ShapeRules):
     """Builds the coupling of one traced function.
 
     Attributes:
-      graph: the :class:`Coupling`.
+      graph: the ``Coupling``.
       members: ``(node, path, leaf_axis, scope)`` of every parameter axis;
         ``scope`` is 0, or the scan whose layer slices the leaf's axis 0.
       roles: ``path -> {"out": axes, "in": axes}`` seen at dot/conv operands.

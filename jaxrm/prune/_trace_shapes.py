@@ -1,7 +1,7 @@
 """Rules for the ops that move axes around: reshape, concatenate/split, slice, gather.
 
-A mixin of :class:`jaxrm.prune._trace_rules.Walker` (it uses ``self.graph``,
-a :class:`~jaxrm.prune._coupling.Coupling`), with the helpers that describe an
+A mixin of ``Walker`` (it uses ``self.graph``,
+a ``Coupling``), with the helpers that describe an
 equation in error messages.
 """
 

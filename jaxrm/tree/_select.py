@@ -120,7 +120,10 @@ def _weights_in(tree: Any, is_leaf=None) -> Callable[[str, Any], bool]:
 
 
 def predicate(
-    where: Where, tree: Any = None, argument: str = "where", is_leaf=None
+    where: Where,
+    tree: Any = None,
+    argument: str = "where",
+    is_leaf: Callable[[Any], bool] | None = None,
 ) -> Callable[[str, Any], bool]:
     """Turns a ``where`` argument into a predicate ``(path, leaf) -> bool``.
 

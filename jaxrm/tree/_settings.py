@@ -44,9 +44,8 @@ class Rules(tuple):
     (``re.search``) in the leaf path. Being a tuple of pairs, a ``Rules`` is
     hashable when its values are, so it can be a static argument of ``jit``.
 
-    Args:
-      rules: an iterable of ``(regex, value)`` pairs.
-      argument: the argument's name, for error messages.
+    ``Rules(rules, argument="rules")`` takes an iterable of ``(regex, value)``
+    pairs and the argument's name for error messages.
 
     Raises:
       TypeError: an entry is not a ``(str, value)`` pair.
