@@ -114,11 +114,10 @@ def _calibrated_range(x, bits, symmetric, red, calibration, percentile):
     return best * lo, best * hi
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("symmetric", "keep", "group", "calibration", "percentile", "wide", "pack"),
-)
-def _quantize_arrays(x, mask, bits, *, symmetric, keep, group, calibration, percentile, wide, pack):
+_STATIC = ("symmetric", "keep", "group", "calibration", "percentile", "wide", "pack")
+
+
+def _quantize_body(x, mask, bits, *, symmetric, keep, group, calibration, percentile, wide, pack):
     # ``bits`` is traced so that one compilation serves every bit width of a
     # storage dtype (``wide``: 16-bit storage).
     xf = x.astype(_compute_dtype(x.dtype))
@@ -149,6 +148,28 @@ def _quantize_arrays(x, mask, bits, *, symmetric, keep, group, calibration, perc
     return values, scale.astype(jnp.float32), zero_point.astype(jnp.float32)
 
 
+_quantize_arrays = jax.jit(_quantize_body, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _quantize_leading_slices(x, mask, bits, *, keep, group, **static):
+    """``_quantize_body`` slice by slice over a leading stacked axis.
+
+    One slice at a time stays in cache, where the whole stacked leaf would
+    take a pass through memory for its ranges and another for its levels; the
+    result equals quantizing with the stacked axis kept (each slice its own
+    scales). ``keep`` and ``group`` are in the leaf's coordinates.
+    """
+    inner_keep = tuple(k - 1 for k in keep if k != 0)
+    inner_group = None if group is None else (group[0] - 1, group[1])
+
+    def one(args):
+        xi, mi = args
+        return _quantize_body(xi, mi, bits, keep=inner_keep, group=inner_group, **static)
+
+    return jax.lax.map(one, (x, mask))
+
+
 def _quantize(
     x,
     bits,
@@ -163,7 +184,8 @@ def _quantize(
     pack=False,
 ):
     pack = bool(pack and bits <= 4 and x.ndim > 0 and x.shape[-1] % 2 == 0)
-    values, scale, zero_point = _quantize_arrays(
+    leading = tuple(stacked) == (0,) and x.ndim >= 2 and (group is None or group[0] > 0)
+    values, scale, zero_point = (_quantize_leading_slices if leading else _quantize_arrays)(
         x,
         mask,
         jnp.int32(bits),
