@@ -25,14 +25,13 @@ Run: ``python benchmarks/shrink.py [--rounds 7] [--batch 8]``.
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _harness import conditions, load, memcpy, rounds
 
 from jaxrm import prune
 from jaxrm import tree as jtree
@@ -121,18 +120,19 @@ def flops(fn, *args) -> float:
     return float(cost["flops"])
 
 
-def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
-    """min and median seconds per call of each fn, timed in turn every round."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
+def interleaved(fns: dict, n_rounds: int, per_round: int) -> dict:
+    """min and median seconds per call of each fn, through the shared harness's rounds."""
+
+    def repeated(fn):
+        def run():
             for _ in range(per_round):
-                jax.block_until_ready(fn())
-            times[name].append((time.perf_counter() - start) / per_round)
-    return {n: (min(t), float(np.median(t))) for n, t in times.items()}
+                out = jax.block_until_ready(fn())
+            return out
+
+        return run
+
+    times = rounds({name: repeated(fn) for name, fn in fns.items()}, n_rounds)
+    return {n: (min(t) / per_round, float(np.median(t)) / per_round) for n, t in times.items()}
 
 
 def case(name, model, rebuild, x, fractions, rounds, per_round, only=None):
@@ -156,8 +156,7 @@ def case(name, model, rebuild, x, fractions, rounds, per_round, only=None):
     scores = prune.group_scores(variables, gs)
     dense_fn = jax.jit(model.apply)
     dense_flops, dense_bytes = flops(model.apply, variables, x), jtree.nbytes(variables)
-    src = np.concatenate([np.asarray(a).ravel() for a in jax.tree.leaves(variables)])
-    buf = np.empty_like(src)
+    copy = memcpy(jax.tree.leaves(variables))
     print(f"== {name}: {len(gs)} groups, input {tuple(x.shape)}, "
           f"{dense_flops / 1e9:.3f} GFLOP, {dense_bytes / 2**20:.2f} MiB")
     print(f"{'removed':>8} {'GFLOP':>8} {'vs dense':>9} {'MiB':>7} {'vs dense':>9} "
@@ -175,7 +174,7 @@ def case(name, model, rebuild, x, fractions, rounds, per_round, only=None):
         t = interleaved({
             "dense": lambda: dense_fn(variables, x),
             "shrunk": lambda f=small_fn, s=small: f(s, x),
-            "memcpy": lambda: np.copyto(buf, src),
+            "memcpy": copy,
         }, rounds, per_round)
         f, b = flops(small_model.apply, small, x), jtree.nbytes(small)
         fmt = lambda m: f"{m[0] * 1e3:6.2f}/{m[1] * 1e3:6.2f}"
@@ -192,8 +191,7 @@ def main(argv=None) -> None:
     parser.add_argument("--per-round", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.default_backend()}, load average "
-          f"{tuple(round(v, 2) for v in os.getloadavg())}")
+    conditions("structural pruning: dense against shrunk models")
     rng = np.random.default_rng(0)
     fractions = (0.3, 0.5)
     image = jnp.asarray(rng.normal(size=(args.batch, 32, 32, 3)), jnp.float32)
@@ -206,7 +204,7 @@ def main(argv=None) -> None:
          Transformer(), Transformer.from_sizes, tokens, fractions, args.rounds, args.per_round,
          only=lambda g: not {("params/blocks/attn/query/kernel", 3),
                              ("params/blocks/attn/value/kernel", 3)} & set(g.members))
-    print(f"load average after: {tuple(round(v, 2) for v in os.getloadavg())}")
+    print(f"after: {load()}")
 
 
 if __name__ == "__main__":
