@@ -18,9 +18,12 @@ from jaxrm.prune._masks import apply, masks, threshold
 from jaxrm.prune._oneshot import sparsegpt, wanda
 from jaxrm.prune._optax import SparsifyState, masks_of, sparsify
 from jaxrm.prune._patterns import NM, Blocks, Channels, blocks, channels, nm
+from jaxrm.prune._regrow import rigl, set_, static
 from jaxrm.prune._schedules import constant, iterative, one_shot, polynomial
 from jaxrm.prune._scores import magnitude, random, saliency
 from jaxrm.prune._shrink import Shrunk, group_masks, shrink
+from jaxrm.prune._states import SparseTrainingState
+from jaxrm.prune._ste import ste, ste_params
 from jaxrm.prune._summary import Summary, SummaryRow, summary
 
 __all__ = [
@@ -57,4 +60,10 @@ __all__ = [
     "summary",
     "threshold",
     "uniform",
+    "SparseTrainingState",
+    "rigl",
+    "set_",
+    "static",
+    "ste",
+    "ste_params",
 ]

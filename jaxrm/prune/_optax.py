@@ -13,6 +13,7 @@ import optax
 from jaxrm import _checks
 from jaxrm import tree as jtree
 from jaxrm.prune import _leaves, _masks, _patterns, _scores
+from jaxrm.prune._states import SparseTrainingState
 from jaxrm.tree import aligned
 
 __all__ = ["SparsifyState", "masks_of", "sparsify"]
@@ -196,6 +197,24 @@ def _fresh_masks(cfg: _Config, params, grads, count, old: list, wanted: list) ->
     return [by_index.get(i) if m is not None else None for i, m in enumerate(old)]
 
 
+def masked_step(inner, m_leaves: list, updates, inner_state, params, p_leaves, extra_args):
+    """One step of ``inner`` on the kept entries: ``(update leaves, treedef, inner state)``.
+
+    The gradients of pruned entries are zeroed before ``inner`` runs, and the
+    updates of pruned entries are ``-p``, so ``optax.apply_updates`` leaves
+    them exactly 0 (``p + (-p)`` is exactly 0).
+    """
+    u_leaves, treedef = jax.tree_util.tree_flatten(updates)
+    masked = [g if m is None else jnp.where(m, g, jnp.zeros_like(g))
+              for m, g in zip(m_leaves, u_leaves)]
+    inner_updates, inner_state = inner.update(
+        treedef.unflatten(masked), inner_state, params, **extra_args
+    )
+    final = [u if m is None else jnp.where(m, u, (-x).astype(u.dtype))
+             for m, u, x in zip(m_leaves, jax.tree_util.tree_leaves(inner_updates), p_leaves)]
+    return final, treedef, inner_state
+
+
 def _update(cfg: _Config, inner, updates, state: SparsifyState, params, extra_args):
     fl = jtree.flatten(params)
     old = aligned(params, state.masks, "state.masks")  # the one path match per step
@@ -215,15 +234,9 @@ def _update(cfg: _Config, inner, updates, state: SparsifyState, params, extra_ar
     m_leaves = jax.lax.cond(
         refresh, lambda: _fresh_masks(cfg, params, updates, count, old, wanted), lambda: old
     )
-    u_leaves, treedef = jax.tree_util.tree_flatten(updates)
-    masked = [g if m is None else jnp.where(m, g, jnp.zeros_like(g))
-              for m, g in zip(m_leaves, u_leaves)]
-    inner_updates, inner_state = inner.update(
-        treedef.unflatten(masked), state.inner_state, params, **extra_args
+    final, treedef, inner_state = masked_step(
+        inner, m_leaves, updates, state.inner_state, params, fl.leaves, extra_args
     )
-    # p + (-p) is exactly 0, so apply_updates zeroes every pruned entry.
-    final = [u if m is None else jnp.where(m, u, (-x).astype(u.dtype))
-             for m, u, x in zip(m_leaves, jax.tree_util.tree_leaves(inner_updates), fl.leaves)]
     clamped = jnp.asarray(False if state.clamped is None else state.clamped) | (refresh & bad)
     return treedef.unflatten(final), SparsifyState(
         optax.safe_int32_increment(count), structure.unflatten(m_leaves), inner_state,
@@ -232,13 +245,18 @@ def _update(cfg: _Config, inner, updates, state: SparsifyState, params, extra_ar
 
 
 def masks_of(opt_state: Any) -> Any:
-    """Returns the masks of the [`sparsify`][jaxrm.prune.sparsify] state inside ``opt_state``.
+    """Returns the masks of the pruning state inside ``opt_state``.
+
+    The state is that of [`sparsify`][jaxrm.prune.sparsify], [`ste`][jaxrm.prune.ste],
+    [`rigl`][jaxrm.prune.rigl], [`set_`][jaxrm.prune.set_] or
+    [`static`][jaxrm.prune.static].
 
     The state may be nested (``optax.chain``, ``optax.inject_hyperparams``, a
     Flax ``nnx.Optimizer``'s ``opt_state``, or the optimizer itself).
 
     Args:
-      opt_state: an optimizer state holding one [`SparsifyState`][jaxrm.prune.SparsifyState], or an
+      opt_state: an optimizer state holding one [`SparsifyState`][jaxrm.prune.SparsifyState]
+        or [`SparseTrainingState`][jaxrm.prune.SparseTrainingState], or an
         object with an ``opt_state`` attribute (e.g. ``nnx.Optimizer``).
 
     Returns:
@@ -246,21 +264,20 @@ def masks_of(opt_state: Any) -> Any:
       variable wrappers removed.
 
     Raises:
-      ValueError: no, or more than one, [`SparsifyState`][jaxrm.prune.SparsifyState] is found.
+      ValueError: no, or more than one, such state is found.
     """
-    if not isinstance(opt_state, SparsifyState) and hasattr(opt_state, "opt_state"):
+    kinds = (SparsifyState, SparseTrainingState)
+    if not isinstance(opt_state, kinds) and hasattr(opt_state, "opt_state"):
         opt_state = opt_state.opt_state
     found = [
         x
-        for x in jax.tree_util.tree_leaves(
-            opt_state, is_leaf=lambda x: isinstance(x, SparsifyState)
-        )
-        if isinstance(x, SparsifyState)
+        for x in jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, kinds))
+        if isinstance(x, kinds)
     ]
     if len(found) != 1:
         raise ValueError(
-            f"opt_state must hold exactly one SparsifyState (from jaxrm.prune.sparsify), "
-            f"found {len(found)}"
+            "opt_state must hold exactly one SparsifyState or SparseTrainingState (from "
+            f"jaxrm.prune.sparsify, ste, rigl, set_ or static), found {len(found)}"
         )
     masks = found[0].masks
     return _unwrap_variables(masks)
