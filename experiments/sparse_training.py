@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import models, report, train
 from experiments import data as mnist
+from experiments import models, report, train
 from experiments.deep_compression import _versions
 from jaxrm import prune
 
@@ -60,12 +60,13 @@ class Run:
 
 
 CONFIGS = {
-    # Sized to finish in about half an hour on one core of a shared, loaded machine
-    # (load average ~10 on 2 cores when it was run): a LeNet-300-100 step took about
-    # 5 ms there and a LeNet-5 step far longer (convolutions on one CPU thread), so
-    # LeNet-5 trains for many fewer steps (smaller batches, more frequent mask updates).
-    "full": dict(runs=(Run("lenet-300-100", 1000), Run("lenet-5", 100, batch=50, every=10,
-                                                       chunk=1)),
+    # Sized for a shared machine under heavy load (load average 10-14 on 2 cores when
+    # it was run, one XLA thread): a LeNet-300-100 step took 5-10 ms there, a LeNet-5
+    # step over ten times that, so LeNet-5 trains for far fewer steps, with smaller
+    # batches and more frequent mask updates. Results are written after every run, so
+    # a run stopped early still leaves the finished models' rows.
+    "full": dict(runs=(Run("lenet-300-100", 600, every=50), Run("lenet-5", 60, batch=50,
+                                                                 every=10, chunk=1)),
                  sparsities=(0.9, 0.95, 0.98), seeds=3),
     "tiny": dict(runs=(Run("lenet-300-100", 20, batch=32, every=5, chunk=10),),
                  sparsities=(0.9,), seeds=1),
@@ -86,7 +87,7 @@ def _transform(method: str, s: float, run: Run, params, key) -> optax.GradientTr
     ramp = prune.polynomial(s, begin, end, every=run.every)
     # Per-leaf ERK targets times a scale that rises (cubically) from 0 to exactly 1.
     targets = prune.erk(params, s)
-    scale = lambda t: ramp(t) / jnp.float32(s)  # noqa: E731
+    scale = lambda t: ramp(t) / jnp.float32(s)
     if method == "ste":
         return prune.ste(inner, scale, sparsity=targets)
     return prune.sparsify(inner, scale, sparsity=targets, every=run.every)
@@ -192,6 +193,9 @@ def _table(results: dict) -> str:
                              if hit else "")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if not results.get("complete", True):
+        lines += ["**Incomplete**: the run was stopped before it finished; "
+                  "a missing cell or model had not run yet.", ""]
     lines += [f"Total wall time {results['total_seconds'] / 60:.1f} min; load average at the "
               f"start {results['load_start']}, at the end {results['load_end']}.", ""]
     return "\n".join(lines)
@@ -245,37 +249,38 @@ def main(argv: list[str] | None = None) -> dict:
     t_start, load_start = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     data = train.device_data(mnist.load_mnist(args.data_dir, quiet=args.quiet))
 
-    jobs = [(run, "dense", 0.0, seed) for run in cfg["runs"] for seed in range(cfg["seeds"])]
-    jobs += [(run, m, s, seed) for run in cfg["runs"] for s in cfg["sparsities"]
-             for m in METHODS[1:] for seed in range(cfg["seeds"])]
+    jobs = []
+    for run in cfg["runs"]:  # one model after the other
+        jobs += [(run, "dense", 0.0, seed) for seed in range(cfg["seeds"])]
+        jobs += [(run, m, s, seed) for s in cfg["sparsities"] for m in METHODS[1:]
+                 for seed in range(cfg["seeds"])]
     bar, rows = _bar(len(jobs), args.quiet), []
-    for run, method, s, seed in jobs:
+    command = "python -m experiments.sparse_training " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    for i, (run, method, s, seed) in enumerate(jobs):
         r = _train(method, s, run, seed, data)
         rows.append(r)
         if bar is not None:
             bar.set_postfix_str(f"{run.model} {method} {s:g} seed {seed}: "
                                 f"{100 * (1 - r['error']):.2f}%")
             bar.update(1)
+        done = i + 1 == len(jobs)
+        results = {
+            "command": command, "config": args.config, "complete": done,
+            "runs_config": [dataclasses.asdict(x) for x in cfg["runs"]
+                            if any(row["model"] == x.model for row in rows)],
+            "sparsities": list(cfg["sparsities"]), "seeds": cfg["seeds"],
+            "summary": _summary(rows), "runs": rows,
+            "total_seconds": time.perf_counter() - t_start, "load_start": load_start,
+            "load_end": [round(x, 2) for x in os.getloadavg()], "versions": _versions(),
+        }
+        # Written after every run, so a run stopped early keeps what it finished.
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "table.md").write_text(_table(results))
+        if not args.no_plots and (done or jobs[i + 1][0] != run):
+            _plot(out / "accuracy_vs_sparsity.png", results)
     if bar is not None:
         bar.close()
-    results = {
-        "command": "python -m experiments.sparse_training " + " ".join(
-            argv if argv is not None else sys.argv[1:]),
-        "config": args.config,
-        "runs_config": [dataclasses.asdict(r) for r in cfg["runs"]],
-        "sparsities": list(cfg["sparsities"]),
-        "seeds": cfg["seeds"],
-        "summary": _summary(rows),
-        "runs": rows,
-        "total_seconds": time.perf_counter() - t_start,
-        "load_start": load_start,
-        "load_end": [round(x, 2) for x in os.getloadavg()],
-        "versions": _versions(),
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "table.md").write_text(_table(results))
-    if not args.no_plots:
-        _plot(out / "accuracy_vs_sparsity.png", results)
     return results
 
 
