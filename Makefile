@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # `pip install torch` would fetch a multi-GB CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: test test-all lint bench docs reproduce reproduce-all reproduce-llm clean
+.PHONY: test test-all lint bench docs reproduce reproduce-all reproduce-llm reproduce-sparse clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,11 +59,17 @@ reproduce-all: $(VENV)/.experiments
 	$(PY) -m experiments.deep_compression --model lenet-5 --config paper --print-table
 	$(PY) -m experiments.deep_compression --model lenet-5 --config best --print-table
 	$(MAKE) reproduce-llm
+	$(MAKE) reproduce-sparse
 
 # One-shot compression of a small GPT on the KJV (Debian's bible-kjv-text); the float
 # model is trained once and cached under build/llm/; rewrites experiments/results/llm-compression/.
 reproduce-llm: $(VENV)/.experiments
 	$(PY) -m experiments.llm_compression --config full --out experiments/results/llm-compression
+
+# Sparse training from scratch (RigL, SET, static, STE, gradual pruning) on MNIST, 3 seeds;
+# rewrites experiments/results/sparse-training/.
+reproduce-sparse: $(VENV)/.experiments
+	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" $(PY) -m experiments.sparse_training --config full
 
 clean:
 	rm -rf $(VENV) site build .pytest_cache
