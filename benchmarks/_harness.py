@@ -29,7 +29,9 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-__all__ = ["Setup", "conditions", "load", "memcpy", "peak_extra_rss", "rounds", "table"]
+__all__ = [
+    "Setup", "conditions", "fresh_process", "load", "memcpy", "peak_extra_rss", "rounds", "table",
+]
 
 
 class Setup:
@@ -140,3 +142,43 @@ def _status(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise OSError(field)
+
+
+_FRESH = r"""
+import json, sys, time
+import jax, numpy as np
+jax.numpy.zeros(1).block_until_ready()  # the backend is up, as in any session that loaded a model
+ns = {}
+exec(sys.argv[1], ns)  # builds the inputs and `call`
+start = time.perf_counter()
+jax.block_until_ready(ns["call"]())
+first = time.perf_counter() - start
+steady = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    jax.block_until_ready(ns["call"]())
+    steady.append(time.perf_counter() - start)
+print(json.dumps({"first": first, "steady": steady}))
+"""
+
+
+def fresh_process(setup: str, repeats: int = 5, timeout: float = 300.0) -> tuple[float, float]:
+    """``(first, steady)`` seconds of ``call()`` in a new Python process.
+
+    ``setup`` is Python source that defines ``call`` (a function of no
+    arguments) and its inputs; it runs untimed after ``import jax`` and the
+    backend's start. ``first`` is the one-off call (compilation included),
+    ``steady`` the minimum of ``repeats`` calls after it.
+    """
+    import json
+    import subprocess
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", _FRESH, setup, str(repeats)], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"the fresh process failed:\n{out.stderr[-2000:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return res["first"], min(res["steady"])
