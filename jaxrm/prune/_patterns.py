@@ -18,6 +18,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrm import _checks
 from jaxrm.tree import Layout
@@ -290,21 +291,23 @@ def expand(pattern: Pattern | None, keep: jax.Array, shape: tuple[int, ...]) -> 
 def nm_mask(pattern: NM, x: jax.Array) -> jax.Array:
     """The N:M mask of slices ``x`` ``(S, *slice)``: ``n`` highest kept in each group of ``m``.
 
-    Ties break towards the lower index within the group.
+    Ties break towards the lower index within the group. A numpy ``x`` is
+    ranked in numpy (eager calls compile nothing), a jax one in jax.
     """
     if pattern.axis is None:
         raise TypeError("nm_mask needs the pattern in slice coordinates (see in_slice)")
+    xp = np if isinstance(x, np.ndarray) else jnp
     axis = pattern.axis + 1
     m, n = pattern.m, pattern.n
-    y = jnp.moveaxis(x.astype(jnp.float32), axis, -1)
+    y = xp.moveaxis(x.astype(np.float32), axis, -1)
     moved_shape = y.shape
     g = y.reshape(*moved_shape[:-1], moved_shape[-1] // m, m)
-    g = jnp.where(jnp.isnan(g), -jnp.inf, g)
+    g = xp.where(xp.isnan(g), -np.inf, g)
     a = g[..., :, None]  # entry i
     b = g[..., None, :]  # entry j
-    idx = jnp.arange(m)
+    idx = np.arange(m)
     earlier = idx[None, :] < idx[:, None]  # j before i
     # rank of i = entries beating it: higher score, or equal score and earlier.
-    rank = jnp.sum((b > a) | ((b == a) & earlier), axis=-1)
+    rank = xp.sum((b > a) | ((b == a) & earlier), axis=-1)
     keep = (rank < n).reshape(moved_shape)
-    return jnp.moveaxis(keep, -1, axis)
+    return xp.moveaxis(keep, -1, axis)

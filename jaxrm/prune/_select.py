@@ -279,7 +279,9 @@ def select(units: list, ks, scope: str, *, host: bool = True) -> list:
     if host and concrete:
         # Eager on CPU: the numpy selection directly, with no compilation.
         flags = _host_global(units, ks) if scope == "global" else _host_rows(units, ks)
-        return [jnp.asarray(f) for f in flags]
+        if all(isinstance(u, np.ndarray) for u in units):
+            return flags  # numpy in, numpy out (the caller's eager path stays in numpy)
+        return [jax.device_put(f) for f in flags]  # jnp.asarray would compile once per shape
     if host and jax.default_backend() == "cpu":
         shapes = [jax.ShapeDtypeStruct(u.shape, jnp.bool_) for u in units]
         fn = _host_global if scope == "global" else _host_rows

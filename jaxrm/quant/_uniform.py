@@ -165,10 +165,11 @@ def _quantize(
 ):
     pack = bool(pack and bits <= 4 and x.ndim > 0 and x.shape[-1] % 2 == 0)
     if _uniform_host.applies(x, mask, calibration, group, pack):
-        # Eager on the host: numpy, no compilation for a few passes of work.
-        values, scale, zero_point = (jnp.asarray(a) for a in _uniform_host.quantize(
+        # Eager on the host: numpy, no compilation for a few passes of work (and
+        # device_put, which compiles nothing, where jnp.asarray compiles per shape).
+        values, scale, zero_point = (jax.device_put(a) for a in _uniform_host.quantize(
             x, mask, bits, symmetric, _keep_axes(axis, stacked), tuple(stacked)))
-        return QArray(values, scale, zero_point, mask=None if mask is None else jnp.asarray(mask),
+        return QArray(values, scale, zero_point, mask=mask,
                       bits=bits, axis=axis, dtype=str(x.dtype), packed=False, group_size=None)
     x = jnp.asarray(x)
     # One program over the whole leaf, stacked slices included (the stacked axes are
