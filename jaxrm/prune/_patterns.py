@@ -296,18 +296,45 @@ def nm_mask(pattern: NM, x: jax.Array) -> jax.Array:
     """
     if pattern.axis is None:
         raise TypeError("nm_mask needs the pattern in slice coordinates (see in_slice)")
-    xp = np if isinstance(x, np.ndarray) else jnp
+    if isinstance(x, np.ndarray) and pattern.m <= 16:  # m (m - 1) / 2 comparisons
+        return _nm_mask_host(pattern, x)
     axis = pattern.axis + 1
     m, n = pattern.m, pattern.n
-    y = xp.moveaxis(x.astype(np.float32), axis, -1)
+    y = jnp.moveaxis(x.astype(jnp.float32), axis, -1)
     moved_shape = y.shape
     g = y.reshape(*moved_shape[:-1], moved_shape[-1] // m, m)
-    g = xp.where(xp.isnan(g), -np.inf, g)
+    g = jnp.where(jnp.isnan(g), -jnp.inf, g)
     a = g[..., :, None]  # entry i
     b = g[..., None, :]  # entry j
-    idx = np.arange(m)
+    idx = jnp.arange(m)
     earlier = idx[None, :] < idx[:, None]  # j before i
     # rank of i = entries beating it: higher score, or equal score and earlier.
-    rank = xp.sum((b > a) | ((b == a) & earlier), axis=-1)
+    rank = jnp.sum((b > a) | ((b == a) & earlier), axis=-1)
     keep = (rank < n).reshape(moved_shape)
-    return xp.moveaxis(keep, -1, axis)
+    return jnp.moveaxis(keep, -1, axis)
+
+
+def _nm_mask_host(pattern: NM, x: np.ndarray) -> np.ndarray:
+    """``nm_mask`` in numpy: one comparison per pair of group positions.
+
+    The leaf is viewed as ``(before, groups, m, after)`` (no transpose). For
+    positions ``j < i``, ``g_j >= g_i`` says ``j`` beats ``i`` (the earlier
+    wins a tie) and its negation that ``i`` beats ``j`` (NaN counts as
+    ``-inf``), so ``m (m - 1) / 2`` comparisons rank every entry.
+    """
+    axis = pattern.axis + 1
+    m, n = pattern.m, pattern.n
+    shape = x.shape
+    before, after = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    g = x.astype(np.float32, copy=False).reshape(before, shape[axis] // m, m, after)
+    cols = [np.where(np.isnan(g[:, :, i]), np.float32(-np.inf), g[:, :, i]) for i in range(m)]
+    rank = [np.zeros(cols[0].shape, np.int8) for _ in range(m)]
+    for i in range(m):
+        for j in range(i):
+            j_wins = cols[j] >= cols[i]
+            rank[i] += j_wins
+            rank[j] += ~j_wins
+    keep = np.empty(g.shape, bool)
+    for i in range(m):
+        np.less(rank[i], n, out=keep[:, :, i])
+    return keep.reshape(shape)
