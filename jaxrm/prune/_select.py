@@ -214,9 +214,10 @@ def _device_rows(rows, ks) -> list[jax.Array]:
     """Per-row selection, one program per row length (so compile time does not grow
     with the number of leaves of one shape).
 
-    The rows of one length run through ``lax.map``, one row at a time: a
-    batched (``vmap``) scatter and a ``cond`` turned into a select (both tie
-    branches computed) were measured three to four times slower on CPU.
+    On CPU the rows of one length run through ``lax.map``, one row at a time:
+    a batched (``vmap``) scatter and a ``cond`` turned into a select (both tie
+    branches computed) were measured three to four times slower there. Other
+    backends batch the rows with ``vmap`` (the rows run in parallel).
     """
     by_n: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
@@ -230,7 +231,10 @@ def _device_rows(rows, ks) -> list[jax.Array]:
     for idx in by_n.values():
         scores = jnp.concatenate([rows[i].astype(jnp.float32) for i in idx])
         k = jnp.concatenate([jnp.asarray(ks[i], jnp.int32).reshape(-1) for i in idx])
-        flags = jax.lax.map(one, (scores, k))
+        if jax.default_backend() == "cpu":
+            flags = jax.lax.map(one, (scores, k))
+        else:
+            flags = jax.vmap(lambda row, kk: one((row, kk)))(scores, k)
         start = 0
         for i in idx:
             out[i] = flags[start : start + rows[i].shape[0]]
