@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -202,7 +203,7 @@ def _primitive_counts(jaxpr) -> dict:
     def walk(j):
         for eqn in j.eqns:
             counts[eqn.primitive.name] = counts.get(eqn.primitive.name, 0) + 1
-            for sub in jax.core.jaxprs_in_params(eqn.params):
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jaxpr)
