@@ -69,7 +69,7 @@ CONFIGS = {
                                                                  every=10, chunk=1)),
                  sparsities=(0.9, 0.95, 0.98), seeds=3),
     "tiny": dict(runs=(Run("lenet-300-100", 20, batch=32, every=5, chunk=10),),
-                 sparsities=(0.9,), seeds=1),
+                 sparsities=(0.9,), seeds=1, methods=("dense", "static", "rigl")),
 }
 
 
@@ -249,10 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
     t_start, load_start = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     data = train.device_data(mnist.load_mnist(args.data_dir, quiet=args.quiet))
 
-    jobs = []
+    jobs, methods = [], cfg.get("methods", METHODS)
     for run in cfg["runs"]:  # one model after the other
         jobs += [(run, "dense", 0.0, seed) for seed in range(cfg["seeds"])]
-        jobs += [(run, m, s, seed) for s in cfg["sparsities"] for m in METHODS[1:]
+        jobs += [(run, m, s, seed) for s in cfg["sparsities"] for m in methods[1:]
                  for seed in range(cfg["seeds"])]
     bar, rows = _bar(len(jobs), args.quiet), []
     command = "python -m experiments.sparse_training " + " ".join(

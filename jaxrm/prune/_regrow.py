@@ -306,34 +306,24 @@ def set_(
     cosine decay, as jaxpruner does.
 
     Args:
-      optimizer: the optax transformation to wrap (e.g. ``optax.adam(1e-3)``).
-      sparsity: the overall sparsity of the selected leaves, a float in
-        ``[0, 1)`` spread over them by ``init``; or per-leaf sparsities (any
-        per-leaf setting, see [jaxrm.tree.resolve][], e.g. from
-        [jaxrm.prune.erk][]), used as given.
-      init: ``"erk"`` ([jaxrm.prune.erk][], the papers' choice) or
-        ``"uniform"`` (the same sparsity for every leaf).
-      key: the PRNG key of the random initial mask (and of SET's growth).
-      where: the sparse leaves (default [jaxrm.tree.weights][]).
-      stacked: per-leaf stacked axes (see [jaxrm.tree.layouts][]); each slice
-        is a layer with its own exact count.
-      drop_fraction: the initial drop fraction ``f0`` in ``(0, 1]`` (0.3 in both papers).
-      schedule: ``step -> drop fraction``; default the cosine decay
-        ``f0 / 2 * (1 + cos(pi * t / end_step))`` (Evci et al. 2020).
-      every: the steps between mask updates ``>= 1`` (RigL's ``delta T``, 100).
-      end_step: mask updates happen at steps ``t % every == 0`` with
-        ``t < end_step`` (RigL's ``T_end``, 75% of training in the paper).
+      optimizer: the optax transformation to wrap.
+      sparsity: as for [jaxrm.prune.rigl][].
+      end_step: as for [jaxrm.prune.rigl][].
+      key: the PRNG key of the initial mask and of the growth (kept in the state).
+      drop_fraction: as for [jaxrm.prune.rigl][].
+      schedule: as for [jaxrm.prune.rigl][].
+      every: as for [jaxrm.prune.rigl][].
+      init: as for [jaxrm.prune.rigl][].
+      where: as for [jaxrm.prune.rigl][].
+      stacked: as for [jaxrm.prune.rigl][].
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
       [jaxrm.prune.SparseTrainingState][]; ``update`` needs ``params``.
 
     Raises:
-      ValueError: ``drop_fraction`` outside ``(0, 1]``, ``every < 1``,
-        ``end_step < 0``, an unknown ``init``, a sparsity outside ``[0, 1)``;
-        at ``init``, a ``where`` that selects nothing; at ``update``, missing
-        ``params``.
-      TypeError: a bad ``key``, ``schedule``, ``every`` or ``end_step`` type.
+      ValueError: as for [jaxrm.prune.rigl][].
+      TypeError: as for [jaxrm.prune.rigl][].
     """
     cfg = _config(sparsity, init, key, where, stacked, "random", drop_fraction, schedule,
                   every, end_step)

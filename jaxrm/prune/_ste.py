@@ -145,7 +145,7 @@ def ste(
 
 
 def ste_params(params: Any, opt_state: Any) -> Any:
-    """The params of the forward pass of [jaxrm.prune.ste][]: masked, with a straight-through gradient.
+    """The forward-pass params of [jaxrm.prune.ste][]: masked, with a straight-through gradient.
 
     The value is ``where(mask, w, 0)`` at each masked leaf; the gradient with
     respect to ``params`` is the identity, so ``jax.grad`` of a loss of

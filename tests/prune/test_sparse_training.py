@@ -343,7 +343,7 @@ def test_ste_gradient_is_the_dense_gradient_of_the_masked_forward_pass():
     for t in range(8):
         masks = prune.masks_of(state)
         masked = prune.apply(params, masks)
-        got = jax.grad(lambda p: loss(prune.ste_params(p, state)))(params)
+        got = jax.grad(lambda p, s=state: loss(prune.ste_params(p, s)))(params)
         want = jax.grad(loss)(masked)  # the jaxpruner form: grad at the masked params
         np.testing.assert_equal(jax.device_get(got), jax.device_get(want))
         np.testing.assert_array_equal(np.asarray(prune.ste_params(params, state)["a"]["kernel"]),
