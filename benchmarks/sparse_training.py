@@ -42,7 +42,7 @@ def _loss(p, x, y):
 
 def _stepper(tx, params, x, y, count, ste=False):
     state = tx.init(params)
-    if hasattr(state, "count"):
+    if "count" in getattr(state, "_fields", ()):
         state = state._replace(count=jnp.int32(count))
 
     @jax.jit
