@@ -119,11 +119,12 @@ def _cat(parts: list) -> jax.Array:
 # shifted right by _SHIFT (the exponent and top mantissa bits) name a cell of relative
 # width 2^-8, narrower than any two neighbouring codes of either map are apart, so at
 # most one midpoint between codes falls inside a cell. That midpoint shares the cell's
-# high bits, so its low _SHIFT bits describe it exactly: one int32 per cell holds the rank
-# of the code nearest the cell's lower end (high bits) and those low bits (2^_SHIFT: no
-# midpoint), and rank = high + (low bits of a >= low) is exactly the nearest code, the
-# argmin over the 256 codes of the numpy reference in the tests (a tie goes to the
-# larger magnitude). Cells
+# high bits, so its low _SHIFT bits describe it exactly: per cell, one table holds the
+# rank of the code nearest the cell's lower end and another those low bits (2^_SHIFT: no
+# midpoint), and rank = rank table + (low bits of a >= low table) is exactly the nearest
+# code, the argmin over the 256 codes of the numpy reference in the tests (a tie goes to
+# the larger magnitude). Two tables, each read once, let the compiler fuse both lookups
+# into the encoding loop (one table read twice is gathered into a buffer first). Cells
 # below 2^-24 (far under the smallest code's midpoint with 0) share the first cell.
 
 _SHIFT = 15
@@ -139,12 +140,12 @@ def _magnitudes(signed: bool) -> np.ndarray:
 
 
 @functools.cache
-def _encode_table() -> np.ndarray:
-    """``rank << 16 | low bits of the midpoint`` per cell, signed cells then unsigned."""
+def _encode_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(rank, low bits of the midpoint) per cell, signed cells then unsigned."""
     cells = np.arange(_FIRST, _FIRST + _CELLS, dtype=np.int64)
     lows = (cells << _SHIFT).astype(np.int32).view(np.float32)
     highs = ((cells + 1) << _SHIFT).astype(np.int32).view(np.float32)
-    out = []
+    ranks, lows_out = [], []
     for signed in (True, False):
         mags = _magnitudes(signed).astype(np.float64)
         exact = (mags[:-1] + mags[1:]) / 2
@@ -156,8 +157,9 @@ def _encode_table() -> np.ndarray:
         low = np.where(inside == 1, low, _LOW + 1)
         if inside.max() > 1 or rank[0] != 0 or inside[0] != 0:  # properties of the maps
             raise AssertionError("the encoding cells do not fit the map")
-        out.append((rank.astype(np.int32) << 16) | low)
-    return np.concatenate(out).astype(np.int32)
+        ranks.append(rank.astype(np.uint8))
+        lows_out.append(low.astype(np.uint16))
+    return np.concatenate(ranks), np.concatenate(lows_out)
 
 
 @functools.cache
@@ -173,8 +175,10 @@ def _get(table: Any, index: jax.Array) -> jax.Array:
 def _dynamic_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
     bits = jax.lax.bitcast_convert_type(jnp.abs(v), jnp.int32)  # ordered like |v| >= 0
     cell = jnp.clip((bits >> _SHIFT) - _FIRST, 0, _CELLS - 1)  # NaN and inf: the last
-    entry = _get(_encode_table(), cell + unsigned.astype(jnp.int32) * _CELLS)
-    r = (entry >> 16) + ((bits & _LOW) >= (entry & 0xFFFF)).astype(jnp.int32)
+    cell = cell + unsigned.astype(jnp.int32) * _CELLS
+    ranks, lows = _encode_tables()
+    r = _get(ranks, cell).astype(jnp.int32)
+    r = r + ((bits & _LOW) >= _get(lows, cell).astype(jnp.int32)).astype(jnp.int32)
     # signed: 0 is code 127, positive codes 128..255 (1.0 is the last), negative ones
     # 126..0 (the map has no -1: the most negative code is the nearest to it).
     # unsigned: a positive entry never becomes 0: the unsigned map codes second moments,
