@@ -1,7 +1,8 @@
 """A memory plan on a Transformer LM: the largest batch that trains within a budget, with
 and without memory.plan.
 
-Run: python benchmarks/memory_plan.py [--budget-mib 64]   (about 2 minutes on CPU)
+Run: python benchmarks/memory_plan.py [--budget-mib 256]   (about 25 compilations: 9 minutes
+on 2 shared CPU cores at load 10-15, a few on a quiet machine)
 
 Model: a character Transformer LM (d=128, 4 pre-norm blocks under nn.scan, 4 heads,
 context 128, vocabulary 96), trained with optax.adam. The budget is the compiled
@@ -25,6 +26,7 @@ import optax
 from _harness import conditions, load
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
+from memory_qstate import make_step
 
 from jaxrm import memory
 
@@ -69,29 +71,12 @@ def tokens(n):
     return jax.ShapeDtypeStruct((n, SEQ + 1), jnp.int32)
 
 
-def plain_step(tx, loss):
-    @jax.jit
-    def step(p, s, b):
-        value, g = jax.value_and_grad(loss)(p, b)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s, value
-
-    return step
-
-
 def option_step(option, optimizer):
     tx = memory.quantized_state(optimizer) if option.quantized else optimizer
     grad = jax.value_and_grad(loss_for_policy(option.policy))
     if option.micro_batches > 1:
         grad = memory.accumulate(grad, option.micro_batches)
-
-    @jax.jit
-    def step(p, s, b):
-        value, g = grad(p, b)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s, value
-
-    return step, tx
+    return make_step(None, tx, grad), tx
 
 
 def timed(step, params, state, batch, n=2):
@@ -106,7 +91,7 @@ def timed(step, params, state, batch, n=2):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--budget-mib", type=float, default=64.0)
+    ap.add_argument("--budget-mib", type=float, default=256.0)
     ap.add_argument("--factor", type=int, default=4,
                     help="plan at this multiple of the plain step's largest batch")
     ap.add_argument("--micro", type=int, default=8, help="the split the plan may use")
@@ -119,9 +104,9 @@ def main():
     print(f"model: {n_params:,} parameters, context {SEQ}; budget {memory.format_bytes(budget)}"
           f" (compiled total bytes per device)")
     state = jax.eval_shape(optimizer.init, params)
-    step = plain_step(optimizer, loss_of(LM()))
+    step = make_step(loss_of(LM()), optimizer)
     plain = memory.fit_batch(lambda n: (step, (params, state, tokens(n))), budget,
-                             start=8, multiple_of=8, progress=False)
+                             start=4, multiple_of=4, progress=False)
     plain_bytes = memory.report(step, params, state, tokens(plain), residuals=False).total_bytes
     print(f"without the plan: batch {plain} ({memory.format_bytes(plain_bytes)})")
 
@@ -138,7 +123,7 @@ def main():
     planned, tx = option_step(o, optimizer)
     q_state = jax.eval_shape(tx.init, params)
     largest = memory.fit_batch(lambda n: (planned, (params, q_state, tokens(n))), budget,
-                               start=8 * o.micro_batches, multiple_of=8 * o.micro_batches,
+                               start=4 * o.micro_batches, multiple_of=4 * o.micro_batches,
                                progress=False)
     rows = [("without the plan", plain, "none", 1, False, step, optimizer),
             ("with the plan", largest, o.policy, o.micro_batches, o.quantized, planned, tx)]

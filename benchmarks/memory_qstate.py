@@ -119,10 +119,13 @@ def cls_loss(model):
     return loss
 
 
-def make_step(loss, tx):
+def make_step(loss, tx, grad=None):
+    """A jitted training step; ``grad`` replaces ``jax.value_and_grad(loss)`` if given."""
+    grad = grad or jax.value_and_grad(loss)
+
     @jax.jit
     def step(params, state, batch):
-        value, grads = jax.value_and_grad(loss)(params, batch)
+        value, grads = grad(params, batch)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state, value
 
