@@ -160,7 +160,7 @@ def _conv(x: jax.Array | quax.ArrayValue, w: Weight, **params):
         )
     _record(w, x)
     if w.mode in ("int8-dynamic", "int8-static") and isinstance(w.leaf, QArray):
-        _ops.check_conv_weight(w.leaf, w.path, params["dimension_numbers"].rhs_spec)
+        _ops.check_conv_weight(w.leaf, w.path, params["dimension_numbers"].rhs_spec, groups)
         return _ops.int_conv(x, w.leaf, step=_step(w), params=params)
     return _tiles.conv(x, w.leaf, params, w.tile_bytes)
 
