@@ -29,6 +29,7 @@ Run: ``python benchmarks/execution.py`` (``--small`` for a quick check).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -297,12 +298,9 @@ def error_breakdown(tf, ids, key) -> None:
     for name, e in rows.items():
         print(f"{name:<46}{e:>10.2e}")
     q = quant.dequantize(quant.uniform(params, 8, axis=axis))
-    w = {"embedding": params["Embed_0"]["embedding"], "block_0/up": params["block_0"]["up"]["kernel"],
-         "head": params["head"]["kernel"]}
-    dq = {"embedding": q["Embed_0"]["embedding"], "block_0/up": q["block_0"]["up"]["kernel"],
-          "head": q["head"]["kernel"]}
-    for k in w:
-        print(f"weight error {k:<33}{rel(dq[k], w[k]):>10.2e}")
+    for k in (("Embed_0", "embedding"), ("block_0", "up", "kernel"), ("head", "kernel")):
+        get = lambda t, k=k: functools.reduce(lambda a, b: a[b], k, t)
+        print(f"weight error {'/'.join(k):<33}{rel(get(q), get(params)):>10.2e}")
 
 
 def main() -> None:
@@ -312,7 +310,7 @@ def main() -> None:
     ap.add_argument("--no-qwix", action="store_true")
     ap.add_argument("--only", choices=("transformer", "scan", "resnet"), default=None)
     ap.add_argument("--error-breakdown", action="store_true",
-                    help="also: the int8 error with one part of the Transformer quantized at a time")
+                    help="also: the int8 error with one part of the Transformer quantized")
     args = ap.parse_args()
     start = time.perf_counter()
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, load {os.getloadavg()}")

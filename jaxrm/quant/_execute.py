@@ -282,15 +282,21 @@ def quantized(
     its arguments (int8: a quarter of float32's bytes; packed int4: an eighth).
 
     * ``activations=None`` (weight-only): the weight is dequantized at the op;
-      the result equals ``fn(dequantize(tree))`` exactly (same operations).
-      ``Codebook`` leaves are a gather into their centroids at the op.
+      each output entry is the same contraction as in ``fn(dequantize(tree))``.
+      A weight whose float copy exceeds ``tile_bytes`` is dequantized tile by
+      tile along its largest output axis inside a loop that writes each
+      tile's slice of the output, so one tile is in float at a time and the
+      compiled temporary bytes stay near the float model's. ``Codebook``
+      leaves are a gather into their centroids at the op.
     * ``activations="int8-dynamic"``: the op's float input is quantized to
       int8 symmetric with a range per row (per token: the max over the
       contracted axes; per example for convolutions), multiplied with the int8
       weights in ``int32`` (``preferred_element_type``) and rescaled by both
-      scales. Needs symmetric ``QArray`` weights of at most 8 bits with one
-      scale per output channel (or per tensor); ``Codebook`` leaves stay
-      weight-only.
+      scales. Takes ``QArray`` weights of at most 8 bits, symmetric or
+      asymmetric (the zero-point term ``z * sum(x_q)`` is subtracted in
+      int32), per tensor, per channel or group-wise along one contracted axis
+      (one int32 partial product per group, rescaled and summed);
+      ``Codebook`` leaves stay weight-only.
     * ``activations=ranges`` from
       [`calibrate_activations`][jaxrm.quant.calibrate_activations]: as above
       with fixed (static) per-op steps.
@@ -306,17 +312,24 @@ def quantized(
       unsupported: what an op other than the supported ones does when it meets
         a quantized leaf: ``"error"`` (a ``TypeError`` naming the leaf path and
         the op) or ``"dequantize"`` (the leaf is dequantized for that op).
+      tile_bytes: float bytes of the largest weight tile the weight-only path
+        dequantizes at once (``None``: whole weights; default 256 KiB).
 
     Returns:
       A function with ``fn``'s signature.
 
     Raises:
-      ValueError: bad ``activations``/``unsupported``; at call time, a leaf
-        the integer path cannot take (asymmetric, group-wise, over 8 bits),
+      ValueError: bad ``activations``/``unsupported``/``tile_bytes``; at call
+        time, a leaf the integer path cannot take (over 8 bits, scales varying
+        along several contracted axes, groups in a grouped convolution),
         a missing calibrated range, or a gather the leaf's layout cannot serve.
       TypeError: at call time, an unsupported op meeting a quantized leaf.
     """
     mode, steps = _check_activations(activations)
+    if tile_bytes is not None and (
+        isinstance(tile_bytes, bool) or not isinstance(tile_bytes, int) or tile_bytes < 1
+    ):
+        raise ValueError(f"tile_bytes must be None or an int >= 1, got {tile_bytes!r}")
     if unsupported not in UNSUPPORTED:
         raise ValueError(f"unsupported must be one of {list(UNSUPPORTED)}, got {unsupported!r}")
     inner = quax.quaxify(fn)

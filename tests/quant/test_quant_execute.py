@@ -277,6 +277,8 @@ def test_bad_input():
         quant.quantized(lambda p: p, activations="int4")
     with pytest.raises(ValueError, match="unsupported"):
         quant.quantized(lambda p: p, unsupported="ignore")
+    with pytest.raises(ValueError, match="tile_bytes"):
+        quant.quantized(lambda p: p, tile_bytes=0)
     with pytest.raises(ValueError, match="no calibrated range"):
         quant.quantized(lambda p, x: x @ p["w"], activations={"v": jnp.float32(1)})(
             {"w": q["layer"]["w"]}, x
