@@ -23,7 +23,10 @@ reports side by side:
   round calls every variant once), beside a memcpy of the float32 parameter
   bytes into a preallocated buffer (one memory pass).
 
-Run: ``python benchmarks/execution.py`` (``--small`` for a quick check).
+Run: ``python benchmarks/execution.py`` (``--small`` for a quick check;
+``--memory-scheduler`` adds the temp* column, compiled with XLA's
+memory-optimized CPU scheduler; ``--error-breakdown`` the int8 error with one
+part of the Transformer quantized at a time).
 """
 
 from __future__ import annotations
@@ -211,7 +214,8 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False, only=None):
+def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False, only=None,
+              scheduler=False):
     variables = model.init(key, x)
     params, _apply, variants = jaxrm_variants(model, variables)
     if with_qwix:
@@ -224,7 +228,7 @@ def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False, only=None
     for name, (fn, p) in variants.items():
         c, arg, temp = memory(fn, p, x)
         # The scheduler option is the CPU compiler's; on a GPU temp* repeats temp.
-        temp_mem = temp if gpu else memory(fn, p, x, MEMORY_SCHEDULER)[2]
+        temp_mem = memory(fn, p, x, MEMORY_SCHEDULER)[2] if scheduler and not gpu else None
         compiled[name] = (c, p)
         rows[name] = {"arg": arg, "temp": temp, "temp_mem": temp_mem}
     y_float = np.asarray(compiled["float32"][0](params, x))
@@ -260,13 +264,14 @@ def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False, only=None
             deq = "0 (same)"
         print(f"{name:<22}{r['arg'] / 1e6:>9.2f}{r['arg'] / base['arg']:>9.3f}"
               f"{r['temp'] / 1e6:>9.2f}{r['temp'] / max(base['temp'], 1):>9.3f}"
-              f"{r['temp_mem'] / 1e6:>9.2f}{r['temp_mem'] / max(base['temp_mem'], 1):>9.3f}"
-              f"{r['err']:>10.1e}{deq:>10}{tm.min():>9.1f}{np.median(tm):>9.1f}"
+              + (f"{r['temp_mem'] / 1e6:>9.2f}{r['temp_mem'] / max(base['temp_mem'], 1):>9.3f}"
+                 if r["temp_mem"] is not None else f"{'-':>9}{'-':>9}")
+              + f"{r['err']:>10.1e}{deq:>10}{tm.min():>9.1f}{np.median(tm):>9.1f}"
               f"{np.median(tm) / 1e3 / t_float:>9.2f}")
     tm = np.asarray(times["memcpy (float32 params)"]) * 1e3
     print(f"{'memcpy (float32 params)':<22}{'':>72}{tm.min():>9.1f}{np.median(tm):>9.1f}")
-    print("temp*: compiled with the memory-optimized CPU scheduler (MEMORY_SCHEDULER); "
-          "latency with the default one")
+    print("temp*: compiled with the memory-optimized CPU scheduler (MEMORY_SCHEDULER, "
+          "--memory-scheduler); latency with the default one")
     return rows
 
 
@@ -309,6 +314,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-qwix", action="store_true")
     ap.add_argument("--only", choices=("transformer", "scan", "resnet"), default=None)
+    ap.add_argument("--memory-scheduler", action="store_true",
+                    help="also compile with the memory-optimized CPU scheduler (temp* column)")
     ap.add_argument("--error-breakdown", action="store_true",
                     help="also: the int8 error with one part of the Transformer quantized")
     args = ap.parse_args()
@@ -325,13 +332,16 @@ def main() -> None:
     ids = jax.random.randint(jax.random.key(1), ids.shape, 0, tf.vocab)
     img = jax.random.normal(jax.random.key(2), img.shape)
     if args.only in (None, "transformer"):
-        run_model("Transformer", tf, ids, args.rounds, key, not args.no_qwix)
+        run_model("Transformer", tf, ids, args.rounds, key, not args.no_qwix,
+                  scheduler=args.memory_scheduler)
     if args.only in (None, "scan"):
         run_model("Transformer, blocks under nn.scan", ScanTransformer(**size), ids, args.rounds,
                   key, False, only=("float32", "jaxrm int8", "jaxrm int8 untiled",
-                                    "jaxrm int4 (g128)", "jaxrm w8a8"))
+                                    "jaxrm int4 (g128)", "jaxrm w8a8"),
+                  scheduler=args.memory_scheduler)
     if args.only in (None, "resnet"):
-        run_model("ResNet-50", ResNet50(classes), img, args.rounds, key, not args.no_qwix)
+        run_model("ResNet-50", ResNet50(classes), img, args.rounds, key, not args.no_qwix,
+                  scheduler=args.memory_scheduler)
     if args.error_breakdown:
         error_breakdown(tf, ids, key)
     print(f"load after: {os.getloadavg()}, {time.perf_counter() - start:.0f} s")
