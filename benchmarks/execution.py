@@ -85,14 +85,8 @@ class _ScanBlock(Block):
         return super().__call__(x), None
 
 
-class ScanTransformer(nn.Module):
+class ScanTransformer(Transformer):
     """``Transformer`` with its blocks under ``nn.scan`` (weights stacked on axis 0)."""
-
-    vocab: int
-    d: int
-    heads: int
-    layers: int
-    mlp: int
 
     @nn.compact
     def __call__(self, ids):

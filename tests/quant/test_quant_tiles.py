@@ -7,6 +7,7 @@ import pytest
 from flax import linen as nn
 
 from jaxrm import quant
+from tests.quant.test_quant_execute import _Scanned
 
 
 class _Heads(nn.Module):
@@ -18,20 +19,6 @@ class _Heads(nn.Module):
         q = nn.DenseGeneral((4, 6), name="q")(x)
         o = nn.DenseGeneral(16, axis=(-2, -1), name="o")(jnp.tanh(q))
         return nn.Dense(30, name="head")(x + o)
-
-
-class _Block(nn.Module):
-    @nn.compact
-    def __call__(self, x, _):
-        return x + nn.Dense(16)(nn.relu(nn.Dense(24)(x))), None
-
-
-class _Scanned(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        blocks = nn.scan(_Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                         length=3)
-        return blocks()(x, None)[0]
 
 
 def _close(a, b):
