@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # `pip install torch` would fetch a multi-GB CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: test test-all lint bench docs reproduce reproduce-all reproduce-llm clean
+.PHONY: test test-all lint bench docs reproduce reproduce-all reproduce-llm reproduce-llm-qwix clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,11 +59,17 @@ reproduce-all: $(VENV)/.experiments
 	$(PY) -m experiments.deep_compression --model lenet-5 --config paper --print-table
 	$(PY) -m experiments.deep_compression --model lenet-5 --config best --print-table
 	$(MAKE) reproduce-llm
+	$(MAKE) reproduce-llm-qwix
 
 # One-shot compression of a small GPT on the KJV (Debian's bible-kjv-text); the float
 # model is trained once and cached under build/llm/; rewrites experiments/results/llm-compression/.
 reproduce-llm: $(VENV)/.experiments
 	$(PY) -m experiments.llm_compression --config full --out experiments/results/llm-compression
+
+# Qwix's GPTQ on the same cached model and Hessians, beside jaxrm's GPTQ on the same
+# symmetric grid (Qwix's per-column loop runs eagerly: minutes, not seconds).
+reproduce-llm-qwix: $(VENV)/.experiments
+	$(PY) -m experiments.llm_compression --config full --qwix --only "GPTQ 4-bit (sym.)" "Qwix GPTQ 4-bit (sym.)" --out experiments/results/llm-compression-qwix
 
 clean:
 	rm -rf $(VENV) site build .pytest_cache

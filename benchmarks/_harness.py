@@ -11,6 +11,9 @@
   arithmetic pass such as ``np.abs``).
 * **Conditions.** `conditions` prints ``os.getloadavg()`` and the CPU
   count; tables print the load average again at their end.
+* **Fresh process.** `fresh_process` times a one-off call in a new Python
+  process (compilation included) against the same call repeated there;
+  `fresh_table` prints the ratios.
 * **Peak memory.** `peak_extra_rss` is the peak resident memory an
   operation adds to its process (Linux: resets the high-water mark through
   ``/proc/self/clear_refs`` and reads ``VmHWM``); run it in a fresh process
@@ -29,7 +32,10 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-__all__ = ["Setup", "conditions", "load", "memcpy", "peak_extra_rss", "rounds", "table"]
+__all__ = [
+    "RESNET18_SETUP", "Setup", "conditions", "fresh_process", "fresh_table", "load", "memcpy",
+    "peak_extra_rss", "rounds", "table",
+]
 
 
 class Setup:
@@ -140,3 +146,72 @@ def _status(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise OSError(field)
+
+
+_FRESH = r"""
+import json, sys, time
+import jax, numpy as np
+jax.numpy.zeros(1).block_until_ready()  # the backend is up, as in any session that loaded a model
+ns = {}
+exec(sys.argv[1], ns)  # builds the inputs and `call`
+start = time.perf_counter()
+jax.block_until_ready(ns["call"]())
+first = time.perf_counter() - start
+steady = []
+for _ in range(int(sys.argv[2])):
+    start = time.perf_counter()
+    jax.block_until_ready(ns["call"]())
+    steady.append(time.perf_counter() - start)
+print(json.dumps({"first": first, "steady": steady}))
+"""
+
+
+def fresh_process(setup: str, repeats: int = 5, timeout: float = 300.0) -> tuple[float, float]:
+    """``(first, steady)`` seconds of ``call()`` in a new Python process.
+
+    ``setup`` is Python source that defines ``call`` (a function of no
+    arguments) and its inputs; it runs untimed after ``import jax`` and the
+    backend's start. ``first`` is the one-off call (compilation included),
+    ``steady`` the minimum of ``repeats`` calls after it.
+    """
+    import json
+    import subprocess
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", _FRESH, setup, str(repeats)], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"the fresh process failed:\n{out.stderr[-2000:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return res["first"], min(res["steady"])
+
+
+def fresh_table(title: str, cases: dict[str, str], repeats: int = 5) -> dict[str, float]:
+    """Prints first call / steady state of each ``name -> setup`` case; returns the ratios."""
+    print(f"== {title}: a one-off call in a fresh process against its steady state; {load()}")
+    ratios = {}
+    width = max(len(n) for n in cases)
+    for name, setup in cases.items():
+        first, steady = fresh_process(setup, repeats)
+        ratios[name] = first / steady
+        print(f"  {name:{width}}  first {first * 1e3:8.1f} ms  steady (min of {repeats}) "
+              f"{steady * 1e3:8.1f} ms  first / steady {first / steady:5.2f}x")
+    print(f"  (target: first / steady <= 2x; {load()})")
+    print()
+    return ratios
+
+
+# The kernels of a Flax ResNet-18 (HWIO convs, the final Dense) as float32 numpy
+# leaves, for fresh-process setups: `tree`.
+RESNET18_SETUP = """
+import numpy as np
+shapes = ([(7, 7, 3, 64)] + [(3, 3, 64, 64)] * 4
+          + [(3, 3, 64, 128)] + [(3, 3, 128, 128)] * 3 + [(1, 1, 64, 128)]
+          + [(3, 3, 128, 256)] + [(3, 3, 256, 256)] * 3 + [(1, 1, 128, 256)]
+          + [(3, 3, 256, 512)] + [(3, 3, 512, 512)] * 3 + [(1, 1, 256, 512)] + [(512, 1000)])
+rng = np.random.default_rng(0)
+tree = {f"layer{i}": {"kernel": rng.standard_normal(s).astype(np.float32)}
+        for i, s in enumerate(shapes)}
+"""

@@ -6,6 +6,11 @@
    into a preallocated buffer).
 2. The cost of a training step with ``sparsify`` (MLP 784-1024-1024-10,
    batch 256, adam, masks recomputed every 10 steps) relative to the dense step.
+3. Per-slice masks of a stacked kernel against the same slices as leaves.
+4. ``sparsify`` refresh scaling: the mask refresh under ``jit`` at 1M / 4M /
+   16M weights against a memcpy, its fitted exponent, and the compile time of
+   8 / 32 / 128 leaves of one shape (``--only-refresh``).
+5. A one-off ``masks`` call in a fresh process against its steady state.
 
 Run: ``python benchmarks/prune.py`` (``make bench`` runs every benchmark).
 The contenders of each table run interleaved, round by round, in one process
@@ -24,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _harness import Setup, conditions, load, memcpy, rounds, table
+from _harness import RESNET18_SETUP, Setup, conditions, fresh_table, load, memcpy, rounds, table
 
 from jaxrm import prune
 
@@ -244,6 +249,73 @@ def per_slice_ratio(n_rounds: int, layers: int, size: int, sparsity: float) -> N
     print()
 
 
+def _sparsify_steps(params, grads):
+    """Jitted ``sparsify(sgd)`` updates: one refreshing the masks every step, one never after
+    its first step (the schedule is constant), both past their first step."""
+    out = {}
+    for name, every in (("refresh", 1), ("plain", None)):
+        tx = prune.sparsify(optax.sgd(0.0), prune.constant(0.9), every=every)
+        step = jax.jit(tx.update)
+        state = tx.init(params)
+        start = time.perf_counter()
+        _, state = jax.block_until_ready(step(grads, state, params))
+        out[name] = (lambda step=step, state=state: step(grads, state, params))
+        out[name + " compile"] = time.perf_counter() - start
+    return out
+
+
+def refresh_scaling(n_rounds: int, sizes: tuple[int, ...], leaf_counts: tuple[int, ...]) -> None:
+    """``sparsify`` mask refresh under ``jit``: time against the weights (4 square leaves),
+    the memcpy yardstick, the fitted exponent, and compile time against the leaf count."""
+    print(f"== sparsify refresh scaling (jit, magnitude, layer scope, 4 leaves); {load()}")
+    rng = np.random.default_rng(0)
+    per_size = []
+    for total in sizes:
+        side = round(float(np.sqrt(total / 4)))
+        ws = [rng.standard_normal((side, side), dtype=np.float32) for _ in range(4)]
+        params = {f"Dense_{i}": {"kernel": jnp.asarray(w)} for i, w in enumerate(ws)}
+        grads = jax.tree.map(lambda x: 0.01 * x, params)
+        steps = _sparsify_steps(params, grads)
+        times = rounds({"refresh step": steps["refresh"], "plain step": steps["plain"],
+                        "memcpy": memcpy(ws)}, n_rounds)
+        refresh = min(times["refresh step"]) - min(times["plain step"])
+        passes = refresh / min(times["memcpy"])
+        per_size.append((4 * side * side, refresh))
+        print(f"  {4 * side * side / 1e6:6.1f}M weights: refresh {refresh * 1e3:8.1f} ms "
+              f"(step {min(times['refresh step']) * 1e3:.1f} - plain "
+              f"{min(times['plain step']) * 1e3:.1f}), memcpy {min(times['memcpy']) * 1e3:.2f} ms"
+              f", {passes:.1f} memory passes; compile {steps['refresh compile']:.2f} s")
+    if len(per_size) > 1:
+        n, t = np.log([p[0] for p in per_size]), np.log([max(p[1], 1e-6) for p in per_size])
+        print(f"  fitted exponent (refresh ~ n^e): e = {np.polyfit(n, t, 1)[0]:.2f}")
+    for leaves in leaf_counts:
+        params = {f"Dense_{i}": {"kernel": jnp.ones((128, 128), jnp.float32)}
+                  for i in range(leaves)}
+        steps = _sparsify_steps(params, params)
+        print(f"  {leaves:4d} leaves of 128x128: first refreshing step (compile) "
+              f"{steps['refresh compile']:.2f} s")
+    print(f"  ({load()})")
+    print()
+
+
+FRESH_CASES = {
+    "masks nm(2, 4), ResNet-18 kernels": RESNET18_SETUP + """
+from jaxrm import prune
+del tree["layer0"]  # 3 input channels: not a multiple of 4
+call = lambda: prune.masks(prune.magnitude(tree), 0.5, pattern=prune.nm(2, 4))
+""",
+    "masks unstructured 0.9, ResNet-18 kernels": RESNET18_SETUP + """
+from jaxrm import prune
+call = lambda: prune.masks(prune.magnitude(tree), 0.9)
+""",
+}
+
+
+def fresh_process_calls() -> dict[str, float]:
+    """First call in a fresh process (compilation included) against the steady state."""
+    return fresh_table("fresh process: prune.masks on numpy trees", FRESH_CASES)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -251,14 +323,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--only-slices", action="store_true", help="only the per-slice ratio")
+    parser.add_argument("--only-refresh", action="store_true", help="only the refresh scaling")
+    parser.add_argument("--refresh-sizes", type=int, nargs="+",
+                        default=[1_000_000, 4_000_000, 16_000_000])
     args = parser.parse_args()
     conditions("pruning: jaxrm.prune, torch.nn.utils.prune, jaxpruner")
     if args.only_slices:
         per_slice_ratio(args.repeats, 12, 768, 0.9)
         return
+    if args.only_refresh:
+        refresh_scaling(args.repeats, tuple(args.refresh_sizes), (8, 32, 128))
+        return
     global_masks(args.repeats, args.leaves, args.size, 0.9)
     train_step_overhead(args.repeats, args.steps, 256, 10)
     per_slice_ratio(args.repeats, 12, 768, 0.9)
+    refresh_scaling(args.repeats, tuple(args.refresh_sizes), (8, 32, 128))
+    fresh_process_calls()
 
 
 if __name__ == "__main__":

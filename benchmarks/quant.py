@@ -12,7 +12,9 @@ Both inertias (sum of squared errors) are recomputed here in float64 from the
 returned centroids and assignments. The contenders (and a memcpy of the leaf,
 the one-memory-pass yardstick) run interleaved for ``--rounds`` rounds after a
 warm-up (``_harness``); min and median are printed with the load average; jax
-results are blocked on. Run: ``python benchmarks/quant.py``.
+results are blocked on. Then the per-slice cost of a stacked kernel, and a
+one-off ``quant.uniform`` in a fresh process against its steady state (one
+subprocess per case). Run: ``python benchmarks/quant.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _harness import conditions, memcpy, rounds, table
+from _harness import RESNET18_SETUP, conditions, fresh_table, memcpy, rounds, table
 
 from jaxrm import quant
 
@@ -77,6 +79,26 @@ def main() -> None:
     print(f"one {args.rows}x{args.cols} float32 leaf, {args.bits} bits (k={k}), linear init")
     table(rounds(contenders, args.rounds), "jaxrm kmeans, 300 iters", notes)
     per_slice_ratio(args.rounds, args.bits)
+    fresh_process_calls()
+
+
+FRESH_CASES = {
+    "uniform 8 bits per channel, ResNet-18 kernels (11.7M)": RESNET18_SETUP
+    + "from jaxrm import quant\ncall = lambda: quant.uniform(tree, 8, axis=-1)",
+    "uniform 8 bits per tensor, 1M weights": """
+import numpy as np
+from jaxrm import quant
+rng = np.random.default_rng(0)
+tree = {f"Dense_{i}": {"kernel": rng.standard_normal(s).astype(np.float32)}
+        for i, s in enumerate([(784, 1024), (1024, 200), (200, 10)])}
+call = lambda: quant.uniform(tree, 8)
+""",
+}
+
+
+def fresh_process_calls() -> dict[str, float]:
+    """First call in a fresh process (compilation included) against the steady state."""
+    return fresh_table("fresh process: quant.uniform on numpy trees", FRESH_CASES)
 
 
 def per_slice_ratio(n_rounds: int, bits: int, layers: int = 12, width: int = 768) -> None:

@@ -270,23 +270,34 @@ def _table(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+_FAMILIES = ("float", "RTN", "GPTQ", "AWQ", "magnitude", "Wanda", "SparseGPT", "budget", "Qwix")
+
+
 def _plot(rows, path: Path) -> None:
+    """Perplexity against file size; points numbered, the numbers named in the legend."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        if r["bytes"] is None:
-            continue
-        ax.scatter(r["bytes"] / 1e6, r["ppl"])
-        ax.annotate(r["method"], (r["bytes"] / 1e6, r["ppl"]), fontsize=7)
-    ax.set_xlabel("file size (MB)")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_yscale("log")
+    colors = dict(zip(_FAMILIES, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    shown = [r for r in rows if r["bytes"] is not None]
+    for n, r in enumerate(shown, 1):
+        family = next((f for f in _FAMILIES if r["method"].startswith(f)), "float")
+        x, y = r["bytes"] / 1e6, r["ppl"]
+        ax.scatter(x, y, color=colors[family], s=28, label=f"{n}. {r['method']}", zorder=3)
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel("file size (MB, log scale)")
+    ax.set_ylabel("held-out perplexity (from the decoded .jrm file)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

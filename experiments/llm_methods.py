@@ -115,6 +115,8 @@ def methods(group: int) -> dict[str, Callable[[Any, calib.Stats], tuple[Any, Any
         m[f"Wanda {name}"] = lambda p, s, t=target: _masked(p, prune.wanda(p, s, t, where=WHERE))
         m[f"SparseGPT {name}"] = lambda p, s, t=target: prune.sparsegpt(p, s, t, where=WHERE)
     m["SparseGPT 2:4 + 4-bit"] = lambda p, s: budget.sparsegpt_quant(p, s, nm, 4, where=WHERE)
+    # Qwix's GPTQ uses a symmetric grid: jaxrm's on the same grid, beside it.
+    m["GPTQ 4-bit (sym.)"] = lambda p, s: (quant.gptq(p, s, 4, symmetric=True, where=WHERE), None)
     m["Qwix GPTQ 4-bit (sym.)"] = qwix_gptq
     return m
 

@@ -64,8 +64,9 @@ def _compute(leaves, ks, layouts, patterns, scope, host):
             lay, pat = layouts[i], patterns[i]
             n = _patterns.unit_count(None, lay.slice_shape)
             mask = _patterns.nm_mask(pat, lay.to_slices(leaves[i]))
-            prunes = (jnp.asarray(ks[i]) < n).reshape((-1,) + (1,) * len(lay.slice_shape))
-            out[i] = lay.from_slices(jnp.where(prunes, mask, True))
+            xp = np if isinstance(mask, np.ndarray) else jnp
+            prunes = (xp.asarray(ks[i]) < n).reshape((-1,) + (1,) * len(lay.slice_shape))
+            out[i] = lay.from_slices(xp.where(prunes, mask, True))
     if ranked:
         rows = [_unit_rows(leaves[i], layouts[i], patterns[i], scope) for i in ranked]
         if scope == "global":
@@ -92,11 +93,12 @@ def compute(
         sparsities = [sparsities[0]] * len(p.picked)
     ks = _counts(p, sparsities, scope)
     ks_list = [ks] if scope == "global" else ks
-    eager = host and all(pat is None for pat in p.patterns) and _select._concrete_on_cpu(leaves)
+    eager = (host and all(pat is None or isinstance(pat, _patterns.NM) for pat in p.patterns)
+             and _select._concrete_on_cpu(leaves))
     if eager and not any(_leaves.is_traced(k) for k in ks_list):
         # Eager on CPU: the numpy selection on views, no compilation.
         out = _compute([np.asarray(x) for x in leaves], ks, p.layouts, p.patterns, scope, True)
-        return [jnp.asarray(m) for m in out]
+        return [jax.device_put(m) for m in out]  # jnp.asarray would compile once per shape
     ks_arg = jnp.asarray(ks, jnp.int32) if scope == "global" else [jnp.asarray(k) for k in ks]
     return _compute_jit(tuple(leaves), ks_arg, p.layouts, p.patterns, scope, host)
 

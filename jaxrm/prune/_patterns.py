@@ -18,6 +18,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrm import _checks
 from jaxrm.tree import Layout
@@ -290,10 +291,13 @@ def expand(pattern: Pattern | None, keep: jax.Array, shape: tuple[int, ...]) -> 
 def nm_mask(pattern: NM, x: jax.Array) -> jax.Array:
     """The N:M mask of slices ``x`` ``(S, *slice)``: ``n`` highest kept in each group of ``m``.
 
-    Ties break towards the lower index within the group.
+    Ties break towards the lower index within the group. A numpy ``x`` is
+    ranked in numpy (eager calls compile nothing), a jax one in jax.
     """
     if pattern.axis is None:
         raise TypeError("nm_mask needs the pattern in slice coordinates (see in_slice)")
+    if isinstance(x, np.ndarray) and pattern.m <= 16:  # m (m - 1) / 2 comparisons
+        return _nm_mask_host(pattern, x)
     axis = pattern.axis + 1
     m, n = pattern.m, pattern.n
     y = jnp.moveaxis(x.astype(jnp.float32), axis, -1)
@@ -308,3 +312,29 @@ def nm_mask(pattern: NM, x: jax.Array) -> jax.Array:
     rank = jnp.sum((b > a) | ((b == a) & earlier), axis=-1)
     keep = (rank < n).reshape(moved_shape)
     return jnp.moveaxis(keep, -1, axis)
+
+
+def _nm_mask_host(pattern: NM, x: np.ndarray) -> np.ndarray:
+    """``nm_mask`` in numpy: one comparison per pair of group positions.
+
+    The leaf is viewed as ``(before, groups, m, after)`` (no transpose). For
+    positions ``j < i``, ``g_j >= g_i`` says ``j`` beats ``i`` (the earlier
+    wins a tie) and its negation that ``i`` beats ``j`` (NaN counts as
+    ``-inf``), so ``m (m - 1) / 2`` comparisons rank every entry.
+    """
+    axis = pattern.axis + 1
+    m, n = pattern.m, pattern.n
+    shape = x.shape
+    before, after = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    g = x.astype(np.float32, copy=False).reshape(before, shape[axis] // m, m, after)
+    cols = [np.where(np.isnan(g[:, :, i]), np.float32(-np.inf), g[:, :, i]) for i in range(m)]
+    rank = [np.zeros(cols[0].shape, np.int8) for _ in range(m)]
+    for i in range(m):
+        for j in range(i):
+            j_wins = cols[j] >= cols[i]
+            rank[i] += j_wins
+            rank[j] += ~j_wins
+    keep = np.empty(g.shape, bool)
+    for i in range(m):
+        np.less(rank[i], n, out=keep[:, :, i])
+    return keep.reshape(shape)

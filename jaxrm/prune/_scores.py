@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrm import tree as jtree
 from jaxrm.tree import aligned
@@ -32,7 +33,13 @@ def magnitude(params: Any) -> Any:
       A pytree of ``params``' structure: ``|w|`` for floating leaves, other
       leaves unchanged.
     """
-    return jax.tree.map(lambda x: jnp.abs(x) if _is_float_array(x) else x, params)
+    return jax.tree.map(lambda x: _abs(x) if _is_float_array(x) else x, params)
+
+
+def _abs(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return jax.device_put(np.abs(x))  # jnp.abs would compile a program per shape
+    return jnp.abs(x)
 
 
 def saliency(params: Any, grads: Any) -> Any:

@@ -49,7 +49,13 @@ def _keys(u: jax.Array) -> jax.Array:
 
 
 def _suffix_sums(h: jax.Array) -> jax.Array:
-    return jnp.cumsum(h[::-1])[::-1]
+    """``out[r] = sum(h[r:])`` of a short vector, as a masked sum over a triangle.
+
+    ``jnp.cumsum`` lowers to a reduce-window whose CPU compilation took about
+    half a second per use; the triangle of 256 x 256 compiles at once.
+    """
+    i = jnp.arange(h.shape[0])
+    return jnp.sum(jnp.where(i[None, :] >= i[:, None], h[None, :], 0), axis=1, dtype=h.dtype)
 
 
 def _bucket_of_kth(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -70,9 +76,9 @@ def _bucket_of_kth(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]
     return r * side + c, at_least[c] - row[c]
 
 
-def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
-    """Flags of the ``k`` highest keys over all flat ``keys`` arrays (exact, ties by index)."""
-    k = jnp.asarray(k, jnp.int32)
+def _kth_key(keys: list[jax.Array], k: jax.Array):
+    """``(t, greater, ties)``: the k-th highest key over all ``keys``, the count of keys
+    above it and the count equal to it (two histogram passes)."""
     hist = jnp.zeros(_BINS, jnp.int32)
     for kk in keys:
         hist = hist.at[(kk >> _HALF).astype(jnp.int32)].add(1)
@@ -86,21 +92,32 @@ def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
         low = low.at[idx].add(1, mode="drop")
     b2, above_low = _bucket_of_kth(low, need)
     t = (b.astype(jnp.uint32) << _HALF) | b2.astype(jnp.uint32)
-    greater = above + above_low
+    return t, above + above_low, low[b2]
+
+
+def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
+    """Flags of the ``k`` highest keys over all flat ``keys`` arrays (exact, ties by index)."""
+    k = jnp.asarray(k, jnp.int32)
+    t, greater, ties = _kth_key(keys, k)
     wanted_ties = k - greater
-    ties = low[b2]
 
     def all_ties():
         return [kk >= t for kk in keys]
 
     def first_ties():
-        out, offset = [], jnp.int32(0)
+        # The first ``wanted_ties`` ties by flat index are the highest of the keys
+        # ``~index`` among the ties (other entries 0): a second radix selection,
+        # unique keys, so no further ties (and no cumsum, slow to compile on CPU).
+        eq, ranks, offset = [], [], 0
         for kk in keys:
-            eq = kk == t
-            rank = jnp.cumsum(eq, dtype=jnp.int32) + offset  # 1-based among ties
-            out.append((kk > t) | (eq & (rank <= wanted_ties)))
-            offset = offset + jnp.sum(eq, dtype=jnp.int32)
-        return out
+            e = kk == t
+            index = jnp.arange(kk.size, dtype=jnp.uint32) + jnp.uint32(offset)
+            eq.append(e)
+            ranks.append(jnp.where(e, ~index, jnp.uint32(0)))
+            offset += kk.size
+        t_index = _kth_key(ranks, wanted_ties)[0]
+        return [(kk > t) | (e & (r >= t_index) & (wanted_ties > 0))
+                for kk, e, r in zip(keys, eq, ranks)]
 
     return jax.lax.cond(wanted_ties == ties, all_ties, first_ties)
 
@@ -194,17 +211,30 @@ def _host_global(units, k) -> list[np.ndarray]:
 
 
 def _device_rows(rows, ks) -> list[jax.Array]:
-    """Per-row selection, one batched program per row length (so compile time does not
-    grow with the number of leaves of one shape)."""
+    """Per-row selection, one program per row length (so compile time does not grow
+    with the number of leaves of one shape).
+
+    On CPU the rows of one length run through ``lax.map``, one row at a time:
+    a batched (``vmap``) scatter and a ``cond`` turned into a select (both tie
+    branches computed) were measured three to four times slower there. Other
+    backends batch the rows with ``vmap`` (the rows run in parallel).
+    """
     by_n: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
         by_n.setdefault(r.shape[1], []).append(i)
     out: list = [None] * len(rows)
-    one = jax.vmap(lambda kk, k: _select([kk], k)[0])
+
+    def one(args):
+        row, k = args
+        return _select([_keys(row)], k)[0]
+
     for idx in by_n.values():
-        keys = jnp.concatenate([_keys(rows[i].astype(jnp.float32)) for i in idx])
+        scores = jnp.concatenate([rows[i].astype(jnp.float32) for i in idx])
         k = jnp.concatenate([jnp.asarray(ks[i], jnp.int32).reshape(-1) for i in idx])
-        flags = one(keys, k)
+        if jax.default_backend() == "cpu":
+            flags = jax.lax.map(one, (scores, k))
+        else:
+            flags = jax.vmap(lambda row, kk: one((row, kk)))(scores, k)
         start = 0
         for i in idx:
             out[i] = flags[start : start + rows[i].shape[0]]
@@ -253,7 +283,9 @@ def select(units: list, ks, scope: str, *, host: bool = True) -> list:
     if host and concrete:
         # Eager on CPU: the numpy selection directly, with no compilation.
         flags = _host_global(units, ks) if scope == "global" else _host_rows(units, ks)
-        return [jnp.asarray(f) for f in flags]
+        if all(isinstance(u, np.ndarray) for u in units):
+            return flags  # numpy in, numpy out (the caller's eager path stays in numpy)
+        return [jax.device_put(f) for f in flags]  # jnp.asarray would compile once per shape
     if host and jax.default_backend() == "cpu":
         shapes = [jax.ShapeDtypeStruct(u.shape, jnp.bool_) for u in units]
         fn = _host_global if scope == "global" else _host_rows

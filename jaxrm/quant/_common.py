@@ -181,6 +181,7 @@ def masks_by_path(params: Any, masks: Any) -> Callable[[str, Any], Any]:
                 f"masks at leaf {path!r} must be a bool array or None, got "
                 f"{getattr(m, 'dtype', type(m).__name__)}"
             )
-        return jnp.asarray(m)
+        # device_put copies a numpy mask without compiling (jnp.asarray compiles per shape)
+        return jax.device_put(m) if isinstance(m, np.ndarray) else jnp.asarray(m)
 
     return mask_of

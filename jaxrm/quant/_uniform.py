@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrm import tree as jtree
-from jaxrm.quant import _common
+from jaxrm.quant import _common, _uniform_host
 from jaxrm.quant._types import QArray, expand_groups, pack_int4
 
 CALIBRATIONS = ("minmax", "percentile", "mse")
@@ -151,25 +150,6 @@ def _quantize_body(x, mask, bits, *, symmetric, keep, group, calibration, percen
 _quantize_arrays = jax.jit(_quantize_body, static_argnames=_STATIC)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def _quantize_leading_slices(x, mask, bits, *, keep, group, **static):
-    """``_quantize_body`` slice by slice over a leading stacked axis.
-
-    One slice at a time stays in cache, where the whole stacked leaf would
-    take a pass through memory for its ranges and another for its levels; the
-    result equals quantizing with the stacked axis kept (each slice its own
-    scales). ``keep`` and ``group`` are in the leaf's coordinates.
-    """
-    inner_keep = tuple(k - 1 for k in keep if k != 0)
-    inner_group = None if group is None else (group[0] - 1, group[1])
-
-    def one(args):
-        xi, mi = args
-        return _quantize_body(xi, mi, bits, keep=inner_keep, group=inner_group, **static)
-
-    return jax.lax.map(one, (x, mask))
-
-
 def _quantize(
     x,
     bits,
@@ -184,8 +164,17 @@ def _quantize(
     pack=False,
 ):
     pack = bool(pack and bits <= 4 and x.ndim > 0 and x.shape[-1] % 2 == 0)
-    leading = tuple(stacked) == (0,) and x.ndim >= 2 and (group is None or group[0] > 0)
-    values, scale, zero_point = (_quantize_leading_slices if leading else _quantize_arrays)(
+    if _uniform_host.applies(x, mask, calibration, group, pack):
+        # Eager on the host: numpy, no compilation for a few passes of work (and
+        # device_put, which compiles nothing, where jnp.asarray compiles per shape).
+        values, scale, zero_point = (jax.device_put(a) for a in _uniform_host.quantize(
+            x, mask, bits, symmetric, _keep_axes(axis, stacked), tuple(stacked)))
+        return QArray(values, scale, zero_point, mask=mask,
+                      bits=bits, axis=axis, dtype=str(x.dtype), packed=False, group_size=None)
+    x = jnp.asarray(x)
+    # One program over the whole leaf, stacked slices included (the stacked axes are
+    # kept axes of the scale): measured as fast as the slices as separate leaves.
+    values, scale, zero_point = _quantize_arrays(
         x,
         mask,
         jnp.int32(bits),
@@ -316,7 +305,7 @@ def uniform(
             raise ValueError(f"axis={ax} of leaf {t.path!r} is its stacked axis {t.axes.stacked}")
         group = _group(t, t.settings["group_size"], ax, calibration)
         new[t.path] = _quantize(
-            jnp.asarray(t.leaf),
+            t.leaf,
             t.bits,
             symmetric,
             ax,

@@ -1,5 +1,6 @@
 """Structured patterns: N:M groups, whole channels, blocks."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -83,3 +84,21 @@ def test_patterns_work_on_the_device_path():
         host = _masks.compute(plan, [0.5], "layer", host=True)
         dev = _masks.compute(plan, [0.5], "layer", host=False)
         np.testing.assert_array_equal(np.asarray(host[0]), np.asarray(dev[0]))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 8), (0, 2), (4, 4), (5, 16)])
+@pytest.mark.parametrize("stacked", [None, 0])
+def test_eager_numpy_nm_equals_jit(n, m, stacked):
+    # Eager N:M masks on host leaves are ranked in numpy, under jit in XLA: the same
+    # masks, ties (rounded scores) and NaN included.
+    rng = np.random.default_rng(n * 31 + m)
+    x = np.abs(np.round(rng.standard_normal((4, 32, 48)).astype(np.float32) * 2) / 2)
+    x[0, :5] = np.nan
+    scores = {"layers": {"kernel": x}, "conv": {"kernel": x.reshape(2, 2, 32, 48)}}
+    kw = dict(pattern=prune.nm(n, m), stacked={"layers": {"kernel": stacked},
+                                               "conv": {"kernel": None}})
+    eager = prune.masks(scores, 0.5, **kw)
+    jitted = jax.jit(lambda s: prune.masks(s, 0.5, **kw))(scores)
+    for path in (("layers", "kernel"), ("conv", "kernel")):
+        a, b = eager[path[0]][path[1]], jitted[path[0]][path[1]]
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -254,3 +254,37 @@ def test_bad_input():
         quant.uniform({"w": w}, 8, axis=2)
     with pytest.raises(ValueError, match="percentile"):
         quant.uniform({"w": w}, 8, calibration="percentile", percentile=120)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(1, 24), min_size=1, max_size=3),
+    st.sampled_from([2, 4, 5, 8, 12, 16]),
+    st.booleans(),
+    st.integers(-1, 2),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 99),
+)
+def test_eager_numpy_path_equals_the_compiled_program(shape, bits, symmetric, axis, stack,
+                                                      masked, seed):
+    # Eager min/max on float32 host leaves runs in numpy (no compilation) in place
+    # of the compiled program it must reproduce bit for bit (values, scales, zero points).
+    from jaxrm.quant import _uniform
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * rng.choice([1e-3, 1.0, 40.0])).astype(np.float32)
+    if seed % 5 == 0:
+        x = np.round(x)
+    axis = None if axis < 0 or axis >= len(shape) else axis
+    stacked = (0,) if stack and len(shape) >= 2 and axis != 0 else ()
+    mask = rng.random(shape) > 0.3 if masked else None
+    eager = quant.uniform({"w": x}, bits, symmetric=symmetric, axis=axis, where="w",
+                          stacked=stacked, masks=None if mask is None else {"w": mask})["w"]
+    program = _uniform._quantize_arrays(
+        jnp.asarray(x), None if mask is None else jnp.asarray(mask), jnp.int32(bits),
+        symmetric=symmetric, keep=_uniform._keep_axes(axis, stacked), group=None,
+        calibration="minmax", percentile=99.9, wide=bits > 8, pack=False)
+    for a, b in zip((eager.values, eager.scale, eager.zero_point), program):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
