@@ -48,7 +48,9 @@ class Reader:
             for run in _runs(leaf):
                 self._left[run.stream] += 1
 
-    def symbols(self, run: mf.Symbols, what: str) -> np.ndarray:
+    def symbols(self, run: mf.Run, what: str) -> np.ndarray:
+        if isinstance(run, mf.Pieces):
+            return np.concatenate([self.symbols(r, what) for r in run.runs])
         j = run.stream
         if j not in self._decoded:
             s = self.m.streams[j]
@@ -96,10 +98,10 @@ class Reader:
 
 def _runs(leaf: mf.Leaf) -> list[mf.Symbols]:
     sp = getattr(leaf, "sparse", None)
-    out = [] if sp is None else [sp.index]
+    out = [] if sp is None else list(mf.pieces_of(sp.index))
     values = getattr(leaf, "values", None)
-    if isinstance(values, mf.Symbols):
-        out.append(values)
+    if isinstance(values, mf.Symbols | mf.Pieces):
+        out.extend(mf.pieces_of(values))
     return out
 
 

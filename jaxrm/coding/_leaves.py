@@ -7,6 +7,7 @@ reads, and hands its arrays and symbol runs to the writer.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -22,6 +23,9 @@ __all__ = ["STREAM_BITS", "array", "check_int", "codebook", "qarray"]
 
 # Estimated cost of a stream of its own: manifest and section records, coder header.
 STREAM_BITS = 8 * 40
+# Per-slice streams only where slices hold this many symbols on average
+# (smaller runs share streams with other small runs anyway).
+MIN_PIECE = 1 << 14
 # A float leaf given without a mask is stored sparse when its exact +0.0
 # entries are at least this fraction and sparse storage is estimated smaller.
 _AUTO_SPARSE_ZEROS = 0.125
@@ -82,22 +86,60 @@ def _estimate(counts: np.ndarray, codec: str) -> float:
     return est
 
 
-def _sparse_record(w, mask, value_sym, alphabet, raw_values, codec, bits) -> dict:
-    """Index stream plus value stream (symbols or raw) of the kept entries."""
+def slice_entries(centroids: tuple[int, ...], shape: tuple[int, ...]) -> int | None:
+    """Entries of each slice with a codebook of its own (consecutive in C order), or None.
+
+    Centroids ``(L, 1, 1, k)`` for a ``(L, m, n)`` leaf: ``m * n``; the slices
+    run over the leading axes up to the last one the centroids vary along.
+    """
+    axes = [d for d, c in enumerate(centroids[:-1]) if c > 1]
+    return math.prod(shape[axes[-1] + 1 :]) if axes else None
+
+
+def _pieces(sym: np.ndarray, alphabet: int, bounds: np.ndarray, codec: str):
+    """``bounds`` if coding each piece of ``sym`` apart is estimated smaller, else None.
+
+    Different slices (layers of a scanned stack) may use their symbols very
+    differently; a code table per slice then pays for its stream's overhead.
+    """
+    bounds = np.unique(bounds[(bounds > 0) & (bounds < len(sym))])
+    if len(bounds) == 0 or len(sym) < (len(bounds) + 1) * MIN_PIECE:
+        return None
+    if len(bounds) + 1 > mf.MAX_PIECES:
+        return None
+    edges = [0, *bounds.tolist(), len(sym)]
+    hists = [np.bincount(sym[a:b], minlength=alphabet) for a, b in itertools.pairwise(edges)]
+    pooled = _estimate(np.sum(hists, axis=0), codec)
+    split = sum(_estimate(h, codec) for h in hists) + len(bounds) * STREAM_BITS
+    return bounds if split < pooled else None
+
+
+def _sparse_record(w, mask, value_sym, alphabet, raw_values, codec, bits, per=None) -> dict:
+    """Index stream plus value stream (symbols or raw) of the kept entries.
+
+    ``per``: entries of each slice with a codebook of its own, whose streams
+    may then be cut at the slices' boundaries (`_pieces`).
+    """
     gap = _sparse.gaps(mask)
     if bits is None:
         counts = None if value_sym is None else np.bincount(value_sym, minlength=alphabet)
         raw_bits = 0 if raw_values is None else raw_values.dtype.itemsize * 8
         bits, _ = _choose_index_bits(gap, counts, codec, raw_bits)
     codes, real = _sparse.relative_indices(gap, bits)
+    bounds = None
+    if per is not None and len(codes) >= 2 * MIN_PIECE:
+        pos = np.cumsum(codes + 1) - 1  # each stored entry's flat position
+        bounds = np.searchsorted(pos, np.arange(per, mask.size, per))
     entry: dict = {"index_bits": bits, "kept": len(real)}
-    entry["index"] = w.symbols(codes, 1 << bits, codec, "index")
+    cut = None if bounds is None else _pieces(codes, 1 << bits, bounds, codec)
+    entry["index"] = w.symbols(codes, 1 << bits, codec, "index", cut)
     fillers = len(codes) > len(real)
     if value_sym is not None:
         sym = np.full(len(codes), alphabet, np.int64)
         sym[real] = value_sym
         entry["filler"] = alphabet if fillers else None
-        entry["values"] = w.symbols(sym, alphabet + fillers, codec, "values")
+        cut = None if bounds is None else _pieces(sym, alphabet + fillers, bounds, codec)
+        entry["values"] = w.symbols(sym, alphabet + fillers, codec, "values", cut)
     else:
         vals = np.zeros(len(codes), raw_values.dtype)  # fillers hold +0
         vals[real] = raw_values
@@ -140,10 +182,12 @@ def codebook(w, path: str, leaf: Codebook, mask, codec: str, bits) -> dict:
         "index_dtype": index_dtype,
         "centroids": w.raw(cent),
     }
+    per = slice_entries(cent.shape, idx.shape)
     if mask is None:
-        entry["values"] = w.symbols(kept, k, codec, "values")
+        cut = None if per is None else _pieces(kept, k, np.arange(per, kept.size, per), codec)
+        entry["values"] = w.symbols(kept, k, codec, "values", cut)
     else:
-        entry.update(_sparse_record(w, mask, kept, k, None, codec, bits))
+        entry.update(_sparse_record(w, mask, kept, k, None, codec, bits, per))
     return entry
 
 
