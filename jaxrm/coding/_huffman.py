@@ -36,7 +36,8 @@ from jaxrm.coding._bits import (
 )
 
 __all__ = [
-    "MAX_LEN", "MAX_STEPS", "canonical_codes", "code_lengths", "decode", "encode", "lane_layout",
+    "MAX_LEN", "MAX_STEPS", "canonical_codes", "code_lengths", "cost", "decode", "encode",
+    "lane_layout",
 ]
 
 MAX_LEN = 20  # longest code; windows of MAX_LEN + 7 bits fit a uint32
@@ -63,6 +64,25 @@ def _huffman_depths(counts: np.ndarray) -> np.ndarray:
     for node in range(2 * m - 3, -1, -1):  # parents have larger ids than children
         depth[node] = depth[parent[node]] + 1
     return np.asarray(depth[:m], np.int64)
+
+
+def cost(counts: np.ndarray) -> int:
+    """Bits of an optimal Huffman code of ``counts`` (no length limit): the merged weights.
+
+    The estimate the encoder sizes streams by; the stored code's lengths are
+    limited to ``MAX_LEN`` bits, which rarely binds and then costs a little more.
+    """
+    heap = [int(x) for x in np.asarray(counts).tolist() if x]
+    if len(heap) < 2:
+        return 0
+    heapq.heapify(heap)
+    total = 0
+    pop, replace = heapq.heappop, heapq.heapreplace
+    while len(heap) > 1:
+        merged = pop(heap) + heap[0]
+        replace(heap, merged)
+        total += merged
+    return total
 
 
 def code_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:

@@ -26,6 +26,8 @@ STREAM_BITS = 8 * 40
 # Per-slice streams only where slices hold this many symbols on average
 # (smaller runs share streams with other small runs anyway).
 MIN_PIECE = 1 << 14
+# Sparse leaves with this many entries choose their index width by the coder's estimate.
+_EXACT_FROM = 1 << 12
 # A float leaf given without a mask is stored sparse when its exact +0.0
 # entries are at least this fraction and sparse storage is estimated smaller.
 _AUTO_SPARSE_ZEROS = 0.125
@@ -58,15 +60,63 @@ def _finite(arr: np.ndarray, what: str, path: str) -> np.ndarray:
 # ------------------------------------------------------------------ leaves
 
 
+def _plogp(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x * np.log2(np.where(x > 0, x, 1.0))
+
+
+def _scores(v, c, top: int, value_counts, codec: str, raw_bits: int, n: int) -> np.ndarray:
+    """Estimated bits of index plus value streams at every width ``1..top``, in one pass.
+
+    Entropy plus a table cost per stream (exact sizes for fixed-width coding);
+    ``v``, ``c``: the distinct gaps minus 1 and their counts, ``n`` the gaps.
+    """
+    bs = np.arange(1, top + 1)
+    fillers = (v[None, :] >> bs[:, None]) @ c  # per width
+    entries = n + fillers
+    if codec == "fixed":
+        if value_counts is None:
+            return entries * (bs + raw_bits)
+        width = np.asarray([bit_width(len(value_counts) - (f == 0)) for f in fillers])
+        return entries * (bs + width)
+    off = (1 << bs) - 2  # segment of width b in one histogram of all widths
+    keys = off[:, None] + (v[None, :] & ((1 << bs[:, None]) - 1))
+    hist = np.bincount(keys.reshape(-1), weights=np.tile(c, top).astype(np.float64),
+                       minlength=(1 << (top + 1)) - 2)
+    hist[off + (1 << bs) - 1] += fillers
+    used = np.add.reduceat((hist > 0).astype(np.int64), off)
+    # a Huffman code spends at least a bit a symbol (rANS may spend less)
+    floor = entries if codec == "huffman" else 0
+    index = np.maximum(_plogp(entries) - np.add.reduceat(_plogp(hist), off), floor)
+    index += np.minimum((1 << bs) * 5, used * (bs + 5)) + 80
+    if value_counts is None:
+        return index + entries * raw_bits
+    vc = value_counts[value_counts > 0]
+    values = np.maximum(_plogp(entries) - float(_plogp(vc).sum()) - _plogp(fillers), floor)
+    return index + values + (len(vc) + (fillers > 0)) * 10 + 80
+
+
 def _choose_index_bits(gap: np.ndarray, value_counts, codec: str, raw_bits: int):
-    """(index width, estimated bits) minimizing the size of index plus value streams."""
+    """(index width, estimated bits) minimizing the size of index plus value streams.
+
+    All widths are scored at once by the streams' entropy and table sizes
+    (`_scores`; exact for fixed-width coding). For streams of at least
+    ``_EXACT_FROM`` entries, the best width by that score and its neighbours
+    are then scored by the coder's own estimate (a Huffman code's exact
+    cost), which decides; below that the few bytes at stake do not pay for it.
+    """
     if len(gap) == 0:
         return 1, 0.0
-    top = max(1, min(_sparse.MAX_INDEX_BITS, bit_width(int(gap.max()) - 1)))
-    best, best_cost = 1, math.inf
-    for b in range(1, top + 1):
-        fillers = int(((gap - 1) >> b).sum())
-        idx = np.bincount((gap - 1) & ((1 << b) - 1), minlength=1 << b)
+    v, c = np.unique(gap - 1, return_counts=True)  # distinct gaps: at most sqrt(2 * size)
+    top = max(1, min(_sparse.MAX_INDEX_BITS, bit_width(int(v[-1]))))
+    scores = _scores(v, c, top, value_counts, codec, raw_bits, len(gap))
+    b0 = int(np.argmin(scores)) + 1
+    if codec == "fixed" or len(gap) < _EXACT_FROM:
+        return b0, float(scores[b0 - 1])
+    best, best_cost = b0, math.inf
+    for b in range(max(1, b0 - 1), min(top, b0 + 1) + 1):
+        fillers = int((c * (v >> b)).sum())
+        idx = np.bincount(v & ((1 << b) - 1), weights=c, minlength=1 << b).astype(np.int64)
         idx[-1] += fillers
         cost = _estimate(idx, codec)
         if value_counts is None:
@@ -80,10 +130,7 @@ def _choose_index_bits(gap: np.ndarray, value_counts, codec: str, raw_bits: int)
 
 
 def _estimate(counts: np.ndarray, codec: str) -> float:
-    est = _streams.estimate_bits(counts, codec)
-    if codec == "ans":  # the writer falls back to Huffman where it is smaller
-        est = min(est, _streams.estimate_bits(counts, "huffman"))
-    return est
+    return _streams.estimate_bits(counts, codec, or_huffman=codec == "ans")
 
 
 def slice_entries(centroids: tuple[int, ...], shape: tuple[int, ...]) -> int | None:
