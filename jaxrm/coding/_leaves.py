@@ -85,15 +85,25 @@ def _scores(v, c, top: int, value_counts, codec: str, raw_bits: int, n: int) -> 
                        minlength=(1 << (top + 1)) - 2)
     hist[off + (1 << bs) - 1] += fillers
     used = np.add.reduceat((hist > 0).astype(np.int64), off)
-    # a Huffman code spends at least a bit a symbol (rANS may spend less)
-    floor = entries if codec == "huffman" else 0
-    index = np.maximum(_plogp(entries) - np.add.reduceat(_plogp(hist), off), floor)
-    index += np.minimum((1 << bs) * 5, used * (bs + 5)) + 80
+    index = _stream_score(_plogp(entries) - np.add.reduceat(_plogp(hist), off), entries,
+                          np.minimum((1 << bs) * 5, used * (bs + 5)) + 80, codec)
     if value_counts is None:
         return index + entries * raw_bits
     vc = value_counts[value_counts > 0]
-    values = np.maximum(_plogp(entries) - float(_plogp(vc).sum()) - _plogp(fillers), floor)
-    return index + values + (len(vc) + (fillers > 0)) * 10 + 80
+    h = _plogp(entries) - float(_plogp(vc).sum()) - _plogp(fillers)
+    extra = (fillers > 0).astype(np.int64)  # the filler symbol
+    alphabet = len(value_counts) + extra
+    width = np.asarray([bit_width(a - 1) for a in alphabet.tolist()])
+    table = np.minimum(alphabet * 5, (len(vc) + extra) * (width + 5)) + 80
+    return index + _stream_score(h, entries, table, codec)
+
+
+def _stream_score(entropy, n, table, codec: str):
+    """A stream's estimated bits from its entropy, length and table bits (as `_estimate`)."""
+    huffman = np.maximum(entropy, n) + table  # a Huffman code spends at least a bit a symbol
+    if codec == "huffman":
+        return huffman
+    return np.minimum(entropy * 1.004 + table * 3, huffman)  # rANS, or Huffman where smaller
 
 
 def _choose_index_bits(gap: np.ndarray, value_counts, codec: str, raw_bits: int):
