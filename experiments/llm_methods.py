@@ -66,6 +66,34 @@ def qwix_gptq(params, stats: calib.Stats, bits: int = 4):
     return jtree.map_selected(lambda p, x: new[p], params, lambda p, x: p in new), None
 
 
+def _awq(bits: int, group: int | None):
+    """AWQ's scaled weights, quantized, with the input scales stored beside them in the file."""
+
+    def run(params, stats):
+        tree, scales = quant.awq(params, stats, bits, group_size=group, where=WHERE)
+        kept = {
+            p.replace("/", "."): s for p, s in jtree.leaves_with_paths(scales) if s is not None
+        }
+        return {"params": tree, AWQ_SCALES: kept}, None
+
+    return run
+
+
+AWQ_SCALES = "awq_input_scales"
+
+
+def effective(decoded):
+    """The parameters the model runs, from a decoded file (AWQ: ``W = dequantize(sW) / s``)."""
+    if not (isinstance(decoded, dict) and AWQ_SCALES in decoded):
+        return decoded
+    scales = {k.replace(".", "/"): v for k, v in decoded[AWQ_SCALES].items()}
+    return jtree.map_selected(
+        lambda p, x: (x / scales[p]).astype(x.dtype),
+        decoded["params"],
+        lambda p, x: p in scales,
+    )
+
+
 def methods(group: int) -> dict[str, Callable[[Any, calib.Stats], tuple[Any, Any]]]:
     """Name -> method; ``group`` is the group size of the group-wise rows."""
     nm = prune.nm(2, 4)
@@ -81,6 +109,7 @@ def methods(group: int) -> dict[str, Callable[[Any, calib.Stats], tuple[Any, Any
             quant.gptq(p, s, b, group_size=group, where=WHERE),
             None,
         )
+        m[f"AWQ {bits}-bit g{group}"] = _awq(bits, group)
     for name, target in (("50%", 0.5), ("2:4", nm)):
         m[f"magnitude {name}"] = _magnitude(target)
         m[f"Wanda {name}"] = lambda p, s, t=target: _masked(p, prune.wanda(p, s, t, where=WHERE))

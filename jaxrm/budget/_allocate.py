@@ -93,6 +93,17 @@ def _weighted_error(ls: LeafStats, w, w_hat) -> float:
     return float(np.einsum("sik,sij,sjk->", d, ls.hessian, d, optimize=True))
 
 
+# A leaf whose every option keeps more entries than this codes its own streams
+# (the container pools only shorter runs), so its bytes add to the file's.
+_ALONE = 1 << 14
+
+
+def _kept(value, mask) -> int:
+    if mask is not None:
+        return int(np.count_nonzero(np.asarray(mask)))
+    return math.prod(value.shape)  # QArray, Codebook and arrays all have a shape
+
+
 def _leaf_bytes(value, mask, entropy) -> int:
     masks = None if mask is None else {"x": mask}
     return len(coding.encode({"x": value}, masks=masks, entropy=entropy))
@@ -206,7 +217,7 @@ def allocate(
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise ValueError(f"budget must be a positive int of bytes, got {budget!r}")
     picked = stats.pick(params, where)
-    results, costs, errors = [], [], []
+    results, costs, errors, alone = [], [], [], []
     for path, leaf, ls in picked:
         row_r, row_c, row_e = [], [], []
         for opt in menu:
@@ -218,13 +229,16 @@ def allocate(
             row_c.append(_leaf_bytes(value, mask, entropy))
             row_e.append(_weighted_error(ls, leaf, w_hat))
         results.append(row_r)
+        alone.append(min(_kept(v, m) for v, m in row_r) > _ALONE)
         costs.append(row_c)
         errors.append(row_e)
     errors_a = np.asarray(errors)
     paths = [p for p, _, _ in picked]
     k = len(menu)
-    # The container shares some bytes between leaves, so a leaf's cost is measured
-    # in context: the file with that leaf switched, against the current choice.
+    # The container shares some bytes between small leaves, so a small leaf's cost
+    # is measured in context: the file with that leaf switched, against the current
+    # choice. A large leaf's streams are its own, so its cost is its bytes alone
+    # (the loop below corrects what the compressed manifest makes non-additive).
     # Every file measured is a candidate; the best one that fits is kept.
     choice = list(np.asarray(costs, np.int64).argmin(axis=1))
     seen: dict[tuple, int] = {}
@@ -244,6 +258,9 @@ def allocate(
         base = size_of(choice)
         marginal = np.zeros((len(paths), k), np.int64)
         for i in range(len(paths)):
+            if alone[i]:
+                marginal[i] = costs[i]
+                continue
             for j in range(k):
                 alt = list(choice)
                 alt[i] = j

@@ -43,6 +43,7 @@ def test_pipeline_measures_each_method_from_its_file(tmp_path):
             "RTN 4-bit",
             "Wanda 2:4",
             "SparseGPT 2:4 + 4-bit",
+            "AWQ 4-bit g32",
         ]
     )
     res = json.loads((out / "results.json").read_text())
@@ -53,9 +54,13 @@ def test_pipeline_measures_each_method_from_its_file(tmp_path):
         "RTN 4-bit",
         "Wanda 2:4",
         "SparseGPT 2:4 + 4-bit",
+        "AWQ 4-bit g32",
         "budget = GPTQ 4-bit file",
     }
     assert by["GPTQ 4-bit"]["bytes"] < 0.5 * by["float"]["bytes"]
     assert by["budget = GPTQ 4-bit file"]["bytes"] <= by["GPTQ 4-bit"]["bytes"]
+    # AWQ's file holds its input scales too, and the model runs from it.
+    assert by["AWQ 4-bit g32"]["bytes"] < 0.5 * by["float"]["bytes"]
+    assert by["AWQ 4-bit g32"]["ppl"] < 2 * by["float"]["ppl"]
     assert all(np.isfinite(r["ppl"]) and r["ppl"] > 1 for r in res["rows"])
     assert (out / "table.md").exists() and (out / "ppl_vs_size.png").exists()
