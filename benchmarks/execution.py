@@ -23,12 +23,16 @@ reports side by side:
   round calls every variant once), beside a memcpy of the float32 parameter
   bytes into a preallocated buffer (one memory pass).
 
-Run: ``python benchmarks/execution.py`` (``--small`` for a quick check).
+Run: ``python benchmarks/execution.py`` (``--small`` for a quick check;
+``--memory-scheduler`` adds the temp* column, compiled with XLA's
+memory-optimized CPU scheduler; ``--error-breakdown`` the int8 error with one
+part of the Transformer quantized at a time).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -76,6 +80,23 @@ class Transformer(nn.Module):
         return nn.Dense(self.vocab, name="head")(nn.LayerNorm()(x))
 
 
+class _ScanBlock(Block):
+    def __call__(self, x, _):
+        return super().__call__(x), None
+
+
+class ScanTransformer(Transformer):
+    """``Transformer`` with its blocks under ``nn.scan`` (weights stacked on axis 0)."""
+
+    @nn.compact
+    def __call__(self, ids):
+        x = nn.Embed(self.vocab, self.d)(ids)
+        blocks = nn.scan(_ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                         length=self.layers)
+        x, _ = blocks(self.d, self.heads, self.mlp, name="blocks")(x, None)
+        return nn.Dense(self.vocab, name="head")(nn.LayerNorm()(x))
+
+
 class Bottleneck(nn.Module):
     width: int
     stride: int
@@ -118,16 +139,33 @@ def jaxrm_variants(model, variables):
     def apply(p, x):
         return model.apply({"params": p, **rest}, x)
 
-    # Per output channel; embeddings per row (their output is a row lookup).
+    # Per output channel (the last axis of every Flax kernel, Dense and Conv);
+    # embeddings per row (their output is a row lookup); scanned kernels per layer.
     axis = [("embedding$", 0), (".*", -1)]
-    int8 = quant.uniform(params, 8, axis=axis)
-    int4 = quant.uniform(params, 4, axis=axis, group_size=128, pack=True)
+    stacked = [("^blocks/", 0), (".*", None)]
+    int8 = quant.uniform(params, 8, axis=axis, stacked=stacked)
+    int4 = quant.uniform(params, 4, axis=axis, group_size=128, pack=True, stacked=stacked)
     return params, apply, {
         "float32": (apply, params),
         "jaxrm int8": (quant.quantized(apply), int8),
+        "jaxrm int8 untiled": (quant.quantized(apply, tile_bytes=None), int8),
         "jaxrm int4 (g128)": (quant.quantized(apply), int4),
         "jaxrm w8a8": (quant.quantized(apply, activations="int8-dynamic"), int8),
     }
+
+
+def _is_qwix(x) -> bool:
+    return type(x).__name__ == "WithAux"
+
+
+def dequantized(name: str, p):
+    """The float weights a variant's quantized weights stand for."""
+    if name.startswith("qwix"):
+        import qwix
+
+        return jax.tree.map(lambda x: qwix.dequantize(x.array) if _is_qwix(x) else x, p,
+                            is_leaf=_is_qwix)
+    return quant.dequantize(p)
 
 
 def qwix_variants(model, variables, x):
@@ -170,26 +208,30 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False):
+def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False, only=None,
+              scheduler=False):
     variables = model.init(key, x)
     params, _apply, variants = jaxrm_variants(model, variables)
     if with_qwix:
         variants.update(qwix_variants(model, variables, x))
+    if only is not None:
+        variants = {k: v for k, v in variants.items() if k in only}
     n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
     print(f"\n== {title}: {n / 1e6:.1f}M parameters, input {tuple(x.shape)}")
     compiled, rows = {}, {}
     for name, (fn, p) in variants.items():
         c, arg, temp = memory(fn, p, x)
         # The scheduler option is the CPU compiler's; on a GPU temp* repeats temp.
-        temp_mem = temp if gpu else memory(fn, p, x, MEMORY_SCHEDULER)[2]
+        temp_mem = memory(fn, p, x, MEMORY_SCHEDULER)[2] if scheduler and not gpu else None
         compiled[name] = (c, p)
         rows[name] = {"arg": arg, "temp": temp, "temp_mem": temp_mem}
     y_float = np.asarray(compiled["float32"][0](params, x))
     for name, (c, p) in compiled.items():
         y = np.asarray(c(p, x))
         rows[name]["err"] = rel(y, y_float)
-        if name.startswith("jaxrm") and "w8a8" not in name:
-            deq = np.asarray(compiled["float32"][0](quant.dequantize(p), x))
+        if name != "float32":
+            # against the float model on the weights this variant's integers stand for
+            deq = np.asarray(compiled["float32"][0](dequantized(name, p), x))
             rows[name]["err_deq"] = rel(y, deq)
             rows[name]["same"] = bool(np.array_equal(y, deq))
     buf_src = np.ones(sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params)), np.float32)
@@ -216,38 +258,87 @@ def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False):
             deq = "0 (same)"
         print(f"{name:<22}{r['arg'] / 1e6:>9.2f}{r['arg'] / base['arg']:>9.3f}"
               f"{r['temp'] / 1e6:>9.2f}{r['temp'] / max(base['temp'], 1):>9.3f}"
-              f"{r['temp_mem'] / 1e6:>9.2f}{r['temp_mem'] / max(base['temp_mem'], 1):>9.3f}"
-              f"{r['err']:>10.1e}{deq:>10}{tm.min():>9.1f}{np.median(tm):>9.1f}"
+              + (f"{r['temp_mem'] / 1e6:>9.2f}{r['temp_mem'] / max(base['temp_mem'], 1):>9.3f}"
+                 if r["temp_mem"] is not None else f"{'-':>9}{'-':>9}")
+              + f"{r['err']:>10.1e}{deq:>10}{tm.min():>9.1f}{np.median(tm):>9.1f}"
               f"{np.median(tm) / 1e3 / t_float:>9.2f}")
     tm = np.asarray(times["memcpy (float32 params)"]) * 1e3
     print(f"{'memcpy (float32 params)':<22}{'':>72}{tm.min():>9.1f}{np.median(tm):>9.1f}")
-    print("temp*: compiled with the memory-optimized CPU scheduler (MEMORY_SCHEDULER); "
-          "latency with the default one")
+    print("temp*: compiled with the memory-optimized CPU scheduler (MEMORY_SCHEDULER, "
+          "--memory-scheduler); latency with the default one")
     return rows
+
+
+def error_breakdown(tf, ids, key) -> None:
+    """Output error of int8 weight-only with one group of weights quantized at a time."""
+    params = tf.init(key, ids)["params"]
+    f = jax.jit(lambda p, x: tf.apply({"params": p}, x))
+    y = np.asarray(f(params, ids))
+    axis = [("embedding$", 0), (".*", -1)]
+
+    def err(where, **kw):
+        q = quant.uniform(params, 8, axis=kw.pop("axis", axis), where=where, **kw)
+        return rel(np.asarray(f(quant.dequantize(q), ids)), y)
+
+    print(f"\n== int8 weight-only error by part ({tf.layers} blocks), load {os.getloadavg()}")
+    rows = {
+        "everything (per channel, embedding per row)": err(None),
+        "embedding only (per row)": err("embedding$"),
+        "embedding only (per column)": err("embedding$", axis=-1),
+        "head only": err("head/kernel"),
+        "blocks only": err(r"block.*kernel"),
+        "first block only": err(r"block_0/.*kernel"),
+        "last block only": err(rf"block_{tf.layers - 1}/.*kernel"),
+        "everything, per tensor": err(None, axis=None),
+        "everything, calibration='mse'": err(None, calibration="mse"),
+        "everything, group_size=128": err(None, group_size=128),
+        "everything, group_size=32": err(None, group_size=32),
+    }
+    for name, e in rows.items():
+        print(f"{name:<46}{e:>10.2e}")
+    q = quant.dequantize(quant.uniform(params, 8, axis=axis))
+    for k in (("Embed_0", "embedding"), ("block_0", "up", "kernel"), ("head", "kernel")):
+        get = lambda t, k=k: functools.reduce(lambda a, b: a[b], k, t)
+        print(f"weight error {'/'.join(k):<33}{rel(get(q), get(params)):>10.2e}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny models, a quick check")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-qwix", action="store_true")
-    ap.add_argument("--only", choices=("transformer", "resnet"), default=None)
+    ap.add_argument("--only", choices=("transformer", "scan", "resnet"), default=None)
+    ap.add_argument("--memory-scheduler", action="store_true",
+                    help="also compile with the memory-optimized CPU scheduler (temp* column)")
+    ap.add_argument("--error-breakdown", action="store_true",
+                    help="also: the int8 error with one part of the Transformer quantized")
     args = ap.parse_args()
+    start = time.perf_counter()
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, load {os.getloadavg()}")
     key = jax.random.key(0)
     if args.small:
-        tf = Transformer(vocab=512, d=128, heads=4, layers=2, mlp=512)
+        size = dict(vocab=512, d=128, heads=4, layers=2, mlp=512)
         ids, img, classes = jnp.zeros((2, 16), jnp.int32), jnp.zeros((1, 32, 32, 3)), 10
     else:
-        tf = Transformer(vocab=8192, d=512, heads=8, layers=6, mlp=2048)
+        size = dict(vocab=8192, d=512, heads=8, layers=6, mlp=2048)
         ids, img, classes = jnp.zeros((2, 64), jnp.int32), jnp.zeros((1, 64, 64, 3)), 1000
+    tf = Transformer(**size)
     ids = jax.random.randint(jax.random.key(1), ids.shape, 0, tf.vocab)
     img = jax.random.normal(jax.random.key(2), img.shape)
     if args.only in (None, "transformer"):
-        run_model("Transformer", tf, ids, args.rounds, key, not args.no_qwix)
+        run_model("Transformer", tf, ids, args.rounds, key, not args.no_qwix,
+                  scheduler=args.memory_scheduler)
+    if args.only in (None, "scan"):
+        run_model("Transformer, blocks under nn.scan", ScanTransformer(**size), ids, args.rounds,
+                  key, False, only=("float32", "jaxrm int8", "jaxrm int8 untiled",
+                                    "jaxrm int4 (g128)", "jaxrm w8a8"),
+                  scheduler=args.memory_scheduler)
     if args.only in (None, "resnet"):
-        run_model("ResNet-50", ResNet50(classes), img, args.rounds, key, not args.no_qwix)
-    print(f"load after: {os.getloadavg()}")
+        run_model("ResNet-50", ResNet50(classes), img, args.rounds, key, not args.no_qwix,
+                  scheduler=args.memory_scheduler)
+    if args.error_breakdown:
+        error_breakdown(tf, ids, key)
+    print(f"load after: {os.getloadavg()}, {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ class Reader:
             for run in _runs(leaf):
                 self._left[run.stream] += 1
 
-    def symbols(self, run: mf.Symbols, what: str) -> np.ndarray:
+    def symbols(self, run: mf.Run, what: str) -> np.ndarray:
+        if isinstance(run, mf.Pieces):
+            return np.concatenate([self.symbols(r, what) for r in run.runs])
         j = run.stream
         if j not in self._decoded:
             s = self.m.streams[j]
@@ -96,10 +98,10 @@ class Reader:
 
 def _runs(leaf: mf.Leaf) -> list[mf.Symbols]:
     sp = getattr(leaf, "sparse", None)
-    out = [] if sp is None else [sp.index]
+    out = [] if sp is None else list(mf.pieces_of(sp.index))
     values = getattr(leaf, "values", None)
-    if isinstance(values, mf.Symbols):
-        out.append(values)
+    if isinstance(values, mf.Symbols | mf.Pieces):
+        out.extend(mf.pieces_of(values))
     return out
 
 
@@ -214,12 +216,40 @@ def decode_leaf(reader: Reader, leaf: mf.Leaf, dequantize: bool) -> Any:
     return _qarray(reader.m, leaf, p, dequantize)
 
 
-def _to_output(x: Any) -> Any:
-    if is_quantized(x) or isinstance(x, jax.Array):
-        return x
-    if jax.dtypes.canonicalize_dtype(x.dtype) != x.dtype:
-        return np.asarray(x)  # e.g. float64 without jax_enable_x64: keep numpy
-    return jax.device_put(x)
+# Decoded arrays are put on the device in batches of at most this many bytes.
+_BATCH_BYTES = 1 << 26
+
+
+def _decode_all(reader: Reader, leaves: tuple[mf.Leaf, ...], dequantize: bool) -> list[Any]:
+    """Every leaf decoded, as JAX arrays put on the device a batch at a time.
+
+    One ``jax.device_put`` of a list costs about half of one call per array
+    (JAX's own per-call overhead dominates small leaves); batches of at most
+    ``_BATCH_BYTES`` keep the host copies awaiting their transfer small.
+    """
+    out: list[Any] = []
+    todo: list[int] = []
+    pending = 0
+
+    def flush() -> None:
+        for i, x in zip(todo, jax.device_put([out[i] for i in todo])):
+            out[i] = x
+        todo.clear()
+
+    for leaf in leaves:
+        x = decode_leaf(reader, leaf, dequantize)
+        out.append(x)
+        if is_quantized(x) or isinstance(x, jax.Array):
+            continue
+        if jax.dtypes.canonicalize_dtype(x.dtype) != x.dtype:
+            continue  # e.g. float64 without jax_enable_x64: stays numpy
+        todo.append(len(out) - 1)
+        pending += x.nbytes
+        if pending >= _BATCH_BYTES:
+            flush()
+            pending = 0
+    flush()
+    return out
 
 
 def _nest(items: list[tuple[str, Any]]) -> Any:
@@ -292,7 +322,8 @@ def decode(
             )
     try:
         reader = Reader(m)
-        items = [(e.path, _to_output(decode_leaf(reader, e, dequantize))) for e in m.leaves]
+        values = _decode_all(reader, m.leaves, dequantize)
+        items = [(e.path, x) for e, x in zip(m.leaves, values)]
         if like is None:
             return _nest(items)
     except (FormatError, MemoryError):

@@ -47,10 +47,18 @@ class _Writer:
         self.raw_length += len(data)
         return ref
 
-    def symbols(self, sym: np.ndarray, alphabet: int, codec: str, role: str) -> dict:
-        """A placeholder record for symbols in ``[0, alphabet)``, filled by ``finish``."""
+    def symbols(self, sym: np.ndarray, alphabet: int, codec: str, role: str,
+                bounds: np.ndarray | None = None) -> dict | list[dict]:
+        """A placeholder record for symbols in ``[0, alphabet)``, filled by ``finish``.
+
+        With ``bounds`` (increasing cut points), one run per piece: each may get
+        a stream, and so a code table, of its own.
+        """
+        sym = np.asarray(sym, np.int64).reshape(-1)
+        if bounds is not None:
+            return [self.symbols(part, alphabet, codec, role) for part in np.split(sym, bounds)]
         ref: dict = {}
-        self.runs.append((ref, np.asarray(sym, np.int64).reshape(-1), alphabet, codec, role))
+        self.runs.append((ref, sym, alphabet, codec, role))
         return ref
 
     def _groups(self) -> list[list[int]]:

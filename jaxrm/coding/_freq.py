@@ -27,11 +27,14 @@ def quantize(counts: np.ndarray, precision: int) -> np.ndarray:
     used = counts > 0
     total = int(counts.sum())
     exact = counts * (top / total)
-    f = np.where(used, np.maximum(1, np.floor(exact)), 0).astype(np.int64)
+    f = exact.astype(np.int64)  # the floor: shares are non-negative
+    np.maximum(f, used, out=f)  # at least 1 for every used symbol, 0 elsewhere
     diff = top - int(f.sum())
     if diff > 0:  # hand out the remainder by the largest rounding losses
-        loss = np.where(used, exact - f, -np.inf)
-        f[np.argsort(-loss, kind="stable")[:diff]] += 1
+        neg_loss = f - exact  # ascending order of this: largest loss first
+        if not used.all():
+            neg_loss[~used] = np.inf
+        f[np.argsort(neg_loss, kind="stable")[:diff]] += 1
     while diff < 0:  # clipping at 1 overshot: take from the largest
         order = np.argsort(-f, kind="stable")
         take = order[f[order] > 1][: -diff]

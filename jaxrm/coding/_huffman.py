@@ -36,7 +36,8 @@ from jaxrm.coding._bits import (
 )
 
 __all__ = [
-    "MAX_LEN", "MAX_STEPS", "canonical_codes", "code_lengths", "decode", "encode", "lane_layout",
+    "MAX_LEN", "MAX_STEPS", "canonical_codes", "code_lengths", "cost", "decode", "encode",
+    "lane_layout",
 ]
 
 MAX_LEN = 20  # longest code; windows of MAX_LEN + 7 bits fit a uint32
@@ -44,6 +45,7 @@ MAX_STEPS = 1024  # symbols per lane: bounds the decoder's Python loop
 _LANE_BUDGET = 0.004  # lane offsets may cost this fraction of the payload
 _CHAIN_MAX = 1 << 14  # streams up to this long decode by a walk (no per-step numpy calls)
 _PIECE = 1 << 18  # symbols encoded at a time: bounds the per-symbol temporaries
+_HOPS_FROM = 256  # small streams longer than this find their codes by pointer doubling
 
 
 def _huffman_depths(counts: np.ndarray) -> np.ndarray:
@@ -63,6 +65,25 @@ def _huffman_depths(counts: np.ndarray) -> np.ndarray:
     for node in range(2 * m - 3, -1, -1):  # parents have larger ids than children
         depth[node] = depth[parent[node]] + 1
     return np.asarray(depth[:m], np.int64)
+
+
+def cost(counts: np.ndarray) -> int:
+    """Bits of an optimal Huffman code of ``counts`` (no length limit): the merged weights.
+
+    The estimate the encoder sizes streams by; the stored code's lengths are
+    limited to ``MAX_LEN`` bits, which rarely binds and then costs a little more.
+    """
+    heap = [int(x) for x in np.asarray(counts).tolist() if x]
+    if len(heap) < 2:
+        return 0
+    heapq.heapify(heap)
+    total = 0
+    pop, replace = heapq.heappop, heapq.heapreplace
+    while len(heap) > 1:
+        merged = pop(heap) + heap[0]
+        replace(heap, merged)
+        total += merged
+    return total
 
 
 def code_lengths(counts: np.ndarray, max_len: int = MAX_LEN) -> np.ndarray:
@@ -324,13 +345,30 @@ def _windows(payload: memoryview) -> np.ndarray:
 
 
 def _walk(win, table, lmax, count, total) -> np.ndarray:
-    """Decodes a small stream by a Python walk over a table of every bit position.
+    """Decodes a small stream from a table of the code starting at every bit position.
 
-    One numpy pass decodes the code starting at each bit, then the walk hops
-    from code to code: about 0.1 us a symbol with no per-step numpy calls.
+    One numpy pass decodes the code starting at each bit; the codes of the
+    stream are then the chain of hops from bit 0. Up to ``_HOPS_FROM`` symbols a
+    Python walk follows it (about 0.1 us a symbol); above, pointer doubling
+    finds it in ``log2(count)`` numpy gathers over the bit positions, 1.7x
+    faster at 1,024 symbols.
     """
     p = np.arange(total, dtype=np.int64)
     at = table[(win[p >> 3] >> (32 - lmax - (p & 7)).astype(np.uint32)) & ((1 << lmax) - 1)]
+    if count > _HOPS_FROM:
+        nxt = np.empty(total + 1, np.int64)  # the next code's start; `total` past the end
+        np.add(p, at & 31, out=nxt[:total])
+        nxt[total] = total
+        np.minimum(nxt, total, out=nxt)
+        chain = np.zeros(1, np.int64)
+        while len(chain) < count:  # chain[i] = nxt applied i times to 0
+            chain = np.concatenate([chain, nxt[chain]])
+            if len(chain) < count:
+                nxt = nxt[nxt]
+        chain = chain[:count]
+        if chain[-1] >= total:
+            raise FormatError("Huffman stream ends inside a code")
+        return at[chain]
     at = at.tolist()
     out = [0] * count
     pos = 0

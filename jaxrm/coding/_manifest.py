@@ -40,13 +40,16 @@ from jaxrm.coding._records import (
     MAGIC,
     MAX_MANIFEST_RATIO,
     MAX_NDIM,
+    MAX_PIECES,
     READS,
     CodebookLeaf,
     Leaf,
     Manifest,
+    Pieces,
     QArrayLeaf,
     Raw,
     RawLeaf,
+    Run,
     Sparse,
     SparseLeaf,
     Stream,
@@ -186,7 +189,20 @@ class _Parser:
         self.runs.append([])
         return len(self.streams) - 1
 
-    def _symbols(self, meta: Any, limit: int, what: str) -> Symbols:
+    def _symbols(self, meta: Any, limit: int, what: str) -> Run:
+        """A leaf's symbols: one run, or a list of runs (pieces, one per stacked slice)."""
+        if not isinstance(meta, list):
+            return self._run(meta, limit, what)
+        if self.version == 1 or not 2 <= len(meta) <= MAX_PIECES:
+            raise FormatError(f"{what}: a list of runs needs version 2 and 2 to {MAX_PIECES} runs")
+        runs = tuple(self._run(r, limit, f"{what} piece {i}") for i, r in enumerate(meta))
+        if any(r.alphabet != runs[0].alphabet for r in runs):
+            raise FormatError(f"{what}: the pieces' alphabets differ")
+        if sum(r.count for r in runs) > limit:
+            raise FormatError(f"{what}: the pieces hold more than {limit} symbols")
+        return Pieces(runs)
+
+    def _run(self, meta: Any, limit: int, what: str) -> Symbols:
         """A run of symbols: a slice of a shared stream, or (inline) a stream of its own."""
         if isinstance(meta, dict) and "stream" not in meta:
             j = self._stream(meta, what)  # the version 1 form
@@ -286,7 +302,7 @@ class _Parser:
             return self._codebook(e, base, sparse, values, filler, symbols, what)
         return self._qarray(e, base, sparse, values, filler, symbols, what)
 
-    def _filler(self, e: dict, sparse: Sparse | None, values: Symbols, what: str) -> int | None:
+    def _filler(self, e: dict, sparse: Sparse | None, values: Run, what: str) -> int | None:
         filler = e.get("filler") if sparse is not None else None
         if filler is not None:
             filler = _int(filler, 1, values.alphabet - 1, f"{what} filler")

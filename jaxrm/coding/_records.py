@@ -25,9 +25,11 @@ __all__ = [
     "CodebookLeaf",
     "Leaf",
     "Manifest",
+    "Pieces",
     "QArrayLeaf",
     "Raw",
     "RawLeaf",
+    "Run",
     "Sparse",
     "SparseLeaf",
     "Stream",
@@ -35,6 +37,7 @@ __all__ = [
     "broadcasts_into",
     "check_path",
     "codebook_fits",
+    "pieces_of",
 ]
 
 MAGIC = b"\x89JRM\r\n\x1a\n"
@@ -51,6 +54,8 @@ MAX_PATH_CHARS = 4096
 MAX_PATH_DEPTH = 64
 # A compressed manifest may inflate to at most this ratio (plus a flat 1 MiB).
 MAX_MANIFEST_RATIO = 32
+# A leaf's symbols may lie in at most this many runs (one per stacked slice).
+MAX_PIECES = 1 << 16
 _MANIFEST_FREE = 1 << 20
 
 DTYPES = {
@@ -113,11 +118,37 @@ class Symbols:
 
 
 @dataclasses.dataclass(frozen=True)
+class Pieces:
+    """A leaf's symbols as consecutive runs of several streams, one per stacked slice.
+
+    Every piece has the leaf's alphabet; the symbols are the pieces' in order.
+    """
+
+    runs: tuple[Symbols, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(r.count for r in self.runs)
+
+    @property
+    def alphabet(self) -> int:
+        return self.runs[0].alphabet
+
+
+Run = Symbols | Pieces
+
+
+def pieces_of(run: Run) -> tuple[Symbols, ...]:
+    """The runs a leaf's symbols lie in (one, unless the leaf is split by slice)."""
+    return run.runs if isinstance(run, Pieces) else (run,)
+
+
+@dataclasses.dataclass(frozen=True)
 class Sparse:
     """Relative indices of a pruned leaf: ``entries`` codes, ``kept`` of them real."""
 
     index_bits: int
-    index: Symbols
+    index: Run
     kept: int
 
     @property
@@ -158,7 +189,7 @@ class CodebookLeaf(Leaf):
     bits: int
     index_dtype: np.dtype
     centroids: Raw
-    values: Symbols  # one codebook index per entry (or the filler symbol)
+    values: Run  # one codebook index per entry (or the filler symbol)
     sparse: Sparse | None
     filler: int | None
     kind = "codebook"
@@ -174,7 +205,7 @@ class QArrayLeaf(Leaf):
     offset: int  # symbol s stands for the integer value s + offset
     scale: Raw
     zero_point: Raw
-    values: Symbols
+    values: Run
     sparse: Sparse | None
     filler: int | None
     kind = "qarray"

@@ -110,7 +110,7 @@ class Report:
         return self.to_markdown()
 
 
-def _fixed_bits(run: mf.Symbols) -> int:
+def _fixed_bits(run: mf.Run) -> int:
     return run.count * bit_width(run.alphabet - 1)
 
 
@@ -120,9 +120,12 @@ class _Sizes:
     def __init__(self, m: mf.Manifest):
         self.m = m
 
-    def run(self, r: mf.Symbols) -> float:
-        s = self.m.streams[r.stream]
-        return len(self.m.sections[s.section]) * (r.count / s.count) if s.count else 0.0
+    def run(self, run: mf.Run) -> float:
+        total = 0.0
+        for r in mf.pieces_of(run):
+            s = self.m.streams[r.stream]
+            total += len(self.m.sections[s.section]) * (r.count / s.count) if s.count else 0.0
+        return total
 
     def raw(self, r: mf.Raw | None) -> int:
         return 0 if r is None else r.nbytes

@@ -62,20 +62,28 @@ def decode(data: bytes | memoryview, meta: dict) -> np.ndarray:
     return out
 
 
-def estimate_bits(counts: np.ndarray, codec: str) -> float:
-    """Estimated coded size in bits of a stream with histogram ``counts``."""
+def estimate_bits(counts: np.ndarray, codec: str, *, or_huffman: bool = False) -> float:
+    """Estimated coded size in bits of a stream with histogram ``counts``.
+
+    With ``or_huffman``, the smaller of the estimates for ``codec`` and for
+    Huffman (the writer keeps the smaller of rANS and Huffman).
+    """
     alphabet = len(counts)
-    n = int(counts.sum())
     width = bit_width(alphabet - 1)
-    codec = _codec_for(codec, counts, alphabet)
-    if codec == "fixed" or n == 0:
-        return float(n * width)
-    used = int(np.count_nonzero(counts))
+    if codec == "fixed" or alphabet > MAX_ENTROPY_ALPHABET:
+        return float(int(counts.sum()) * width)
+    c = counts[counts > 0]
+    used = len(c)
+    n = int(c.sum())
+    if n == 0:
+        return 0.0
     table = min(alphabet * 5, used * (width + 5)) + 80
-    c = counts[counts > 0].astype(np.float64)
-    entropy = float(-(c * np.log2(c / n)).sum())
+    cf = c.astype(np.float64)
+    entropy = float(-(cf * np.log2(cf / n)).sum())
+    if used > 4096:  # rANS falls back to Huffman here; building the code would be slow
+        return entropy + 0.03 * n + table
+    huffman = _huffman.cost(c) + table
     if codec == "huffman":
-        if used > 4096:  # building the code is slow here; Huffman is near the entropy
-            return entropy + 0.03 * n + table
-        return float((counts * _huffman.code_lengths(counts)).sum()) + table
-    return entropy * 1.004 + table * 3
+        return float(huffman)
+    ans = entropy * 1.004 + table * 3
+    return min(ans, huffman) if or_huffman else ans

@@ -101,6 +101,7 @@ def plan(
     micro_batches: Sequence[int] = (1, 2, 4),
     quantized: Sequence[bool] = (False, True),
     shardings: Sequence[str] | None = None,
+    loss_for_policy: Callable[[str], Callable[..., Any]] | None = None,
     progress: bool | None = None,
 ) -> Plan:
     """Finds the cheapest training-step configuration that fits a memory budget.
@@ -126,6 +127,11 @@ def plan(
       quantized: whether to try float state, 8-bit state, or both.
       shardings: ``"replicated"`` and/or ``"fsdp"``; default both when
         there is more than one device, else ``("replicated",)``.
+      loss_for_policy: ``policy -> loss`` for models that place the policy
+        themselves, e.g. on scanned blocks with
+        [jaxrm.memory.remat_modules][] (a policy on the whole loss saves
+        little: its backward pass recomputes and stores every layer at
+        once); ``loss`` itself is then not called.
       progress: show a progress bar (``None``: only on a terminal).
 
     Returns:
@@ -138,6 +144,10 @@ def plan(
     """
     if not callable(loss):
         raise TypeError(f"loss must be callable, got {type(loss).__name__}")
+    if loss_for_policy is not None and not callable(loss_for_policy):
+        raise TypeError(
+            f"loss_for_policy must be callable, got {type(loss_for_policy).__name__}"
+        )
     budget = _budget(budget_bytes)
     if shardings is None:
         shardings = ("replicated", "fsdp") if jax.device_count() > 1 else ("replicated",)
@@ -165,7 +175,9 @@ def plan(
     with _bar(progress, "plan") as bar:
         for policy, k, q, sharding in combos:
             tx = quantized_state(optimizer) if q else optimizer
-            grad = jax.value_and_grad(remat(loss, policy))
+            policy_loss = remat(loss, policy) if loss_for_policy is None else \
+                loss_for_policy(policy)
+            grad = jax.value_and_grad(policy_loss)
             grad_k = grad if k == 1 else accumulate(grad, k)
 
             def step(p, s, b, grad_k=grad_k, tx=tx):

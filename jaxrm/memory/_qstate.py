@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -93,89 +94,114 @@ class BlockQuantized:
     mapping: str
 
 
-def _blocks(flat: jax.Array, block: int) -> jax.Array:
-    pad = (-flat.size) % block
-    return jnp.pad(flat, (0, pad)).reshape(-1, block)
+def _per_block(flat: jax.Array, block: int, fn: Callable[..., jax.Array], *rows: Any) -> list:
+    """``fn(part, *row_slices)`` on the whole blocks, shaped ``(blocks, block)``, and on
+    the shorter last block, shaped ``(1, rest)``, each with its rows of the per-block
+    arrays ``rows``: no padded copy of the tensor is made."""
+    whole = flat.size // block
+    parts = []
+    if whole:
+        parts.append(fn(flat[: whole * block].reshape(whole, block), *(r[:whole] for r in rows)))
+    if whole * block < flat.size:
+        parts.append(fn(flat[whole * block :].reshape(1, -1), *(r[whole:] for r in rows)))
+    return parts
 
 
-_LN10 = np.float32(np.log(10.0))
+def _cat(parts: list) -> jax.Array:
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
-def _map_constants(signed: bool) -> tuple[float, float, float]:
-    """(codes in decade 0, the smallest and the largest positive code below 1)."""
+# Coding by table lookups. A gather from a table that stays in cache, its index promised
+# in bounds, costs about one cast per entry on a CPU; what is slow is a search (eight
+# dependent gathers) or a long chain of per-decade selects and exponentials.
+#
+# Encoding reads the nearest code off the bits of a = |x| / absmax in [0, 1]: the bits
+# shifted right by _SHIFT (the exponent and top mantissa bits) name a cell of relative
+# width 2^-8, narrower than any two neighbouring codes of either map are apart, so at
+# most one midpoint between codes falls inside a cell. That midpoint shares the cell's
+# high bits, so its low _SHIFT bits describe it exactly: per cell, one table holds the
+# rank of the code nearest the cell's lower end and another those low bits (2^_SHIFT: no
+# midpoint), and rank = rank table + (low bits of a >= low table) is exactly the nearest
+# code, the argmin over the 256 codes of the numpy reference in the tests (a tie goes to
+# the larger magnitude). Two tables, each read once, let the compiler fuse both lookups
+# into the encoding loop (one table read twice is gathered into a buffer first). Cells
+# below 2^-24 (far under the smallest code's midpoint with 0) share the first cell.
+
+_SHIFT = 15
+_LOW = (1 << _SHIFT) - 1
+_FIRST = int(np.float32(2.0**-24).view(np.int32)) >> _SHIFT
+_CELLS = (int(np.float32(1.0).view(np.int32)) >> _SHIFT) + 1 - _FIRST  # 2^-24 .. 1
+
+
+def _magnitudes(signed: bool) -> np.ndarray:
+    """The map's codes of one sign, from 0 upward (what encoding ranks |x| among)."""
     table = dynamic_map(signed)
-    return (1.0 if signed else 2.0), float(table[table > 0].min()), float(table[-2])
+    return table[table >= 0].astype(np.float32)
 
 
 @functools.cache
-def _decade_floors(signed: bool) -> tuple[tuple[int, float], ...]:
-    """For decades 1..6, the midpoint between its lowest code and the code below it."""
-    table = dynamic_map(signed).astype(np.float64)
-    out = []
-    for j in range(1, 7):
-        bottom = table[(table >= 10.0 ** (j - 7)) & (table > 0)].min()
-        below = table[(table < bottom) & (table >= 0)].max()
-        out.append((j, float((bottom + below) / 2)))
-    return tuple(out)
+def _encode_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(rank, low bits of the midpoint) per cell, signed cells then unsigned."""
+    cells = np.arange(_FIRST, _FIRST + _CELLS, dtype=np.int64)
+    lows = (cells << _SHIFT).astype(np.int32).view(np.float32)
+    highs = ((cells + 1) << _SHIFT).astype(np.int32).view(np.float32)
+    ranks, lows_out = [], []
+    for signed in (True, False):
+        mags = _magnitudes(signed).astype(np.float64)
+        exact = (mags[:-1] + mags[1:]) / 2
+        mids = exact.astype(np.float32)  # the least float32 >= each midpoint: a float32
+        mids = np.where(mids < exact, np.nextafter(mids, np.float32(2)), mids)  # is >= it
+        rank = np.searchsorted(mids, lows, side="right")  # midpoints <= the cell's start
+        inside = np.searchsorted(mids, highs, side="left") - rank  # midpoints in the cell
+        low = mids[np.minimum(rank, mids.size - 1)].view(np.int32) & _LOW
+        low = np.where(inside == 1, low, _LOW + 1)
+        if inside.max() > 1 or rank[0] != 0 or inside[0] != 0:  # properties of the maps
+            raise AssertionError("the encoding cells do not fit the map")
+        ranks.append(rank.astype(np.uint8))
+        lows_out.append(low.astype(np.uint16))
+    return np.concatenate(ranks), np.concatenate(lows_out)
 
 
-def _dynamic_codes(v: jax.Array, signed: bool) -> jax.Array:
-    # The code of the bin holding v, found arithmetically: decade by comparisons, then
-    # the linear bin inside it (a table search would take eight gathers per entry, and
-    # gathers are what a CPU does slowest). Each code is its bin's centre, so the error
-    # is at most half a bin.
-    a = jnp.abs(v)
-    i = sum((a >= np.float32(10.0 ** (j - 7))).astype(jnp.float32) for j in range(1, 7))
-    n0, smallest, top = _map_constants(signed)
-    n = n0 * jnp.exp2(i)
-    f = a * jnp.exp((6.0 - i) * _LN10)
-    k = jnp.clip(jnp.floor((f - 0.1) * (n / 0.9)), 0, n - 1)
-    offset = n - n0 + k  # codes in the decades below, plus the bin
-    # The bottom bin of a decade reaches below its code's midpoint with the top code of
-    # the decade under it: step down there, so every entry gets its nearest code.
-    lower = sum(jnp.where(i == j, np.float32(m), 0.0) for j, m in _decade_floors(signed))
-    offset = offset - ((k == 0) & (i >= 1) & (a < lower)).astype(offset.dtype)
-    small = a < np.float32(smallest / 2)  # nearer 0 than the smallest code
-    if signed:
-        code = jnp.where(v >= 0, 128 + offset, 126 - offset)
-        code = jnp.where(small, 127, code)
-        code = jnp.where(v >= (1.0 + top) / 2, 255, code)
-    else:
-        # A positive entry never becomes 0: the unsigned map codes second moments, and a
-        # moment rounded to 0 under a surviving first moment would divide by ~eps.
-        code = jnp.where(a == 0, 0, jnp.where(small, 1, 1 + offset))
-        code = jnp.where(v >= (1.0 + top) / 2, 255, code)
+@functools.cache
+def _decode_table() -> np.ndarray:
+    """Signed then unsigned code values: ``value = table[code + 256 * unsigned]``."""
+    return np.concatenate([dynamic_map(True), dynamic_map(False)])
+
+
+def _get(table: Any, index: jax.Array) -> jax.Array:
+    return jnp.asarray(table).at[index].get(mode="promise_in_bounds")
+
+
+def _dynamic_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
+    bits = jax.lax.bitcast_convert_type(jnp.abs(v), jnp.int32)  # ordered like |v| >= 0
+    cell = jnp.clip((bits >> _SHIFT) - _FIRST, 0, _CELLS - 1)  # NaN and inf: the last
+    cell = cell + unsigned.astype(jnp.int32) * _CELLS
+    ranks, lows = _encode_tables()
+    r = _get(ranks, cell).astype(jnp.int32)
+    r = r + ((bits & _LOW) >= _get(lows, cell).astype(jnp.int32)).astype(jnp.int32)
+    # signed: 0 is code 127, positive codes 128..255 (1.0 is the last), negative ones
+    # 126..0 (the map has no -1: the most negative code is the nearest to it).
+    # unsigned: a positive entry never becomes 0: the unsigned map codes second moments,
+    # and a moment rounded to 0 under a surviving first moment would divide by ~eps.
+    signed = jnp.where(v < 0, 127 - jnp.minimum(r, 127), 127 + r)
+    code = jnp.where(unsigned, jnp.maximum(r, (bits > 0).astype(jnp.int32)), signed)
     return code.astype(jnp.uint8)
 
 
-def _dynamic_values(codes: jax.Array, signed: bool) -> jax.Array:
+def _dynamic_values(codes: jax.Array, unsigned: jax.Array) -> jax.Array:
+    return _get(_decode_table(), codes.astype(jnp.int32) + 256 * unsigned.astype(jnp.int32))
+
+
+def _linear_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
+    signed = jnp.clip(jnp.round((v + 1.0) * 127.0), 0, 254)
+    positive = jnp.clip(jnp.round(v * 255.0), 0, 255)
+    positive = jnp.where(v > 0, jnp.maximum(positive, 1), positive)  # as above
+    return jnp.where(unsigned, positive, signed).astype(jnp.uint8)
+
+
+def _linear_values(codes: jax.Array, unsigned: jax.Array) -> jax.Array:
     c = codes.astype(jnp.float32)
-    n0 = 1.0 if signed else 2.0
-    # position among the codes of one sign, counted outward from 0
-    o = jnp.where(c >= 128, c - 128, 126 - c) if signed else c - 1
-    # decade i holds offsets [n0 (2^i - 1), n0 (2^(i+1) - 1))
-    i = sum((o >= n0 * (2.0**j - 1)).astype(jnp.float32) for j in range(1, 7))
-    n = n0 * jnp.exp2(i)
-    k = o - (n - n0)
-    mag = jnp.exp((i - 6.0) * _LN10) * (0.1 + 0.9 * (k + 0.5) / n)
-    if signed:
-        out = jnp.where(c < 127, -mag, mag)
-        out = jnp.where(c == 127, 0.0, out)
-    else:
-        out = jnp.where(c == 0, 0.0, mag)
-    return jnp.where(c == 255, 1.0, out)
-
-
-def _linear_codes(v: jax.Array, signed: bool) -> jax.Array:
-    if signed:
-        return jnp.clip(jnp.round((v + 1.0) * 127.0), 0, 254).astype(jnp.uint8)
-    codes = jnp.clip(jnp.round(v * 255.0), 0, 255)
-    return jnp.where(v > 0, jnp.maximum(codes, 1), codes).astype(jnp.uint8)  # as above
-
-
-def _linear_values(codes: jax.Array, signed: bool) -> jax.Array:
-    c = codes.astype(jnp.float32)
-    return jnp.minimum(c / 127.0 - 1.0, 1.0) if signed else c / 255.0
+    return jnp.where(unsigned, c / 255.0, jnp.minimum(c / 127.0 - 1.0, 1.0))
 
 
 _CODERS = {"dynamic": (_dynamic_codes, _dynamic_values), "linear": (_linear_codes, _linear_values)}
@@ -184,13 +210,17 @@ _CODERS = {"dynamic": (_dynamic_codes, _dynamic_values), "linear": (_linear_code
 @functools.partial(jax.jit, static_argnames=("block", "mapping"))
 def _quantize(x: jax.Array, block: int, mapping: str) -> tuple[jax.Array, ...]:
     flat = x.reshape(-1).astype(jnp.float32)
-    blocks = _blocks(flat, block)
-    absmax = jnp.max(jnp.abs(blocks), axis=1)
-    unsigned = jnp.all(flat >= 0)
-    normed = blocks / jnp.where(absmax > 0, absmax, 1.0)[:, None]
+    if flat.size == 0:
+        return jnp.zeros(0, jnp.uint8), jnp.zeros(0, jnp.float32), jnp.asarray(True)
+    absmax = _cat(_per_block(flat, block, lambda b: jnp.max(jnp.abs(b), axis=1)))
+    unsigned = jnp.min(flat) >= 0
+    scale = 1.0 / jnp.where(absmax > 0, absmax, 1.0)
     to_codes = _CODERS[mapping][0]
-    codes = jnp.where(unsigned, to_codes(normed, False), to_codes(normed, True))
-    return codes.reshape(-1)[: flat.size], absmax, unsigned
+
+    def encode(b: jax.Array, s: jax.Array) -> jax.Array:
+        return to_codes(b * s[:, None], unsigned).reshape(-1)
+
+    return _cat(_per_block(flat, block, encode, scale)), absmax, unsigned
 
 
 def quantize_blocks(x: Any, *, block: int = 2048, mapping: str = "dynamic") -> BlockQuantized:
@@ -224,11 +254,14 @@ def dequantize_blocks(q: BlockQuantized) -> jax.Array:
 
 @jax.jit
 def _dequantize(q: BlockQuantized) -> jax.Array:
+    if q.codes.size == 0:
+        return jnp.zeros(q.shape, q.dtype)
     to_values = _CODERS[q.mapping][1]
-    n = int(np.prod(q.shape, dtype=np.int64))
-    normed = jnp.where(q.unsigned, to_values(q.codes, False), to_values(q.codes, True))
-    values = _blocks(normed, q.block) * q.absmax[:, None]
-    return values.reshape(-1)[:n].reshape(q.shape).astype(q.dtype)
+
+    def decode(c: jax.Array, s: jax.Array) -> jax.Array:
+        return (to_values(c, q.unsigned) * s[:, None]).reshape(-1)
+
+    return _cat(_per_block(q.codes, q.block, decode, q.absmax)).reshape(q.shape).astype(q.dtype)
 
 
 def _is_q(x: Any) -> bool:

@@ -23,11 +23,13 @@ import quax
 from jax import lax
 
 from jaxrm import tree as jtree
-from jaxrm.quant import _ops
+from jaxrm.quant import _ops, _tiles
 from jaxrm.quant._types import Codebook, QArray, is_quantized
 
 ACTIVATIONS = (None, "int8-dynamic")
 UNSUPPORTED = ("error", "dequantize")
+# Float bytes of one weight tile dequantized at a time on the weight-only path.
+TILE_BYTES = 1 << 18
 SUPPORTED_OPS = (
     "dot_general",
     "conv_general_dilated",
@@ -46,6 +48,7 @@ class Weight(quax.ArrayValue):
     mode: str | None = eqx.field(static=True)  # None, "int8-dynamic", "int8-static", "record"
     unsupported: str = eqx.field(static=True)
     recorder: Any = eqx.field(static=True, default=None)
+    tile_bytes: int | None = eqx.field(static=True, default=None)
 
     def aval(self):
         return jax.core.ShapedArray(tuple(self.leaf.shape), jnp.dtype(self.leaf.dtype))
@@ -79,7 +82,9 @@ class Weight(quax.ArrayValue):
         return primitive.bind(*arrays, **params)
 
     def with_leaf(self, leaf: Any) -> Weight:
-        return Weight(leaf, self.step, self.path, self.mode, self.unsupported, self.recorder)
+        return Weight(
+            leaf, self.step, self.path, self.mode, self.unsupported, self.recorder, self.tile_bytes
+        )
 
 
 def _plain(x: Any) -> Any:
@@ -124,9 +129,7 @@ def _dot(x: Any, w: Weight, side: str, params: dict) -> jax.Array:
         w_contract = rc if side == "rhs" else lc
         _ops.check_integer_weight(w.leaf, w.path, tuple(w_contract))
         return _ops.int_dot(x, w.leaf, weight_side=side, step=_step(w), params=params)
-    weight = w.leaf.dequantize()
-    ops = (x, weight) if side == "rhs" else (weight, x)
-    return lax.dot_general_p.bind(*ops, **params)
+    return _tiles.dot(x, w.leaf, side, params, w.tile_bytes)
 
 
 @quax.register(lax.dot_general_p)
@@ -157,9 +160,9 @@ def _conv(x: jax.Array | quax.ArrayValue, w: Weight, **params):
         )
     _record(w, x)
     if w.mode in ("int8-dynamic", "int8-static") and isinstance(w.leaf, QArray):
-        _ops.check_conv_weight(w.leaf, w.path, params["dimension_numbers"].rhs_spec)
+        _ops.check_conv_weight(w.leaf, w.path, params["dimension_numbers"].rhs_spec, groups)
         return _ops.int_conv(x, w.leaf, step=_step(w), params=params)
-    return lax.conv_general_dilated_p.bind(x, w.leaf.dequantize(), **params)
+    return _tiles.conv(x, w.leaf, params, w.tile_bytes)
 
 
 @quax.register(lax.gather_p)
@@ -236,7 +239,9 @@ def check_fields(path: str, leaf: Any) -> None:
         )
 
 
-def wrap_leaves(tree: Any, mode, steps, unsupported: str, recorder=None) -> Any:
+def wrap_leaves(
+    tree: Any, mode, steps, unsupported: str, recorder=None, tile_bytes: int | None = None
+) -> Any:
     """Replaces each quantized leaf of ``(args, kwargs)`` by a ``Weight``.
 
     Paths name a leaf inside its argument (``"params/Dense_0/kernel"`` for
@@ -251,16 +256,20 @@ def wrap_leaves(tree: Any, mode, steps, unsupported: str, recorder=None) -> Any:
         step = None
         if mode == "int8-static":
             if path not in steps:
-                return Weight(leaf, None, path, mode, unsupported, recorder)
+                return Weight(leaf, None, path, mode, unsupported, recorder, tile_bytes)
             bound = jnp.asarray(steps[path], jnp.float32)
             step = jnp.where(bound > 0, bound / _ops.INT8_MAX, jnp.ones_like(bound))
-        return Weight(leaf, step, path, mode, unsupported, recorder)
+        return Weight(leaf, step, path, mode, unsupported, recorder, tile_bytes)
 
     return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=is_quantized)
 
 
 def quantized(
-    fn: Callable[..., Any], *, activations: Any = None, unsupported: str = "error"
+    fn: Callable[..., Any],
+    *,
+    activations: Any = None,
+    unsupported: str = "error",
+    tile_bytes: int | None = TILE_BYTES,
 ) -> Callable[..., Any]:
     """Returns ``fn`` running on trees that hold ``QArray``/``Codebook`` leaves.
 
@@ -273,15 +282,21 @@ def quantized(
     its arguments (int8: a quarter of float32's bytes; packed int4: an eighth).
 
     * ``activations=None`` (weight-only): the weight is dequantized at the op;
-      the result equals ``fn(dequantize(tree))`` exactly (same operations).
-      ``Codebook`` leaves are a gather into their centroids at the op.
+      each output entry is the same contraction as in ``fn(dequantize(tree))``.
+      A weight whose float copy exceeds ``tile_bytes`` is dequantized tile by
+      tile along its largest output axis inside a loop that writes each
+      tile's slice of the output, so one tile is in float at a time and the
+      compiled temporary bytes stay near the float model's. ``Codebook``
+      leaves are a gather into their centroids at the op.
     * ``activations="int8-dynamic"``: the op's float input is quantized to
       int8 symmetric with a range per row (per token: the max over the
       contracted axes; per example for convolutions), multiplied with the int8
       weights in ``int32`` (``preferred_element_type``) and rescaled by both
-      scales. Needs symmetric ``QArray`` weights of at most 8 bits with one
-      scale per output channel (or per tensor); ``Codebook`` leaves stay
-      weight-only.
+      scales. Takes ``QArray`` weights of at most 8 bits, symmetric or
+      asymmetric (the zero-point term ``z * sum(x_q)`` is subtracted in
+      int32), per tensor, per channel or group-wise along one contracted axis
+      (one int32 partial product per group, rescaled and summed);
+      ``Codebook`` leaves stay weight-only.
     * ``activations=ranges`` from
       [`calibrate_activations`][jaxrm.quant.calibrate_activations]: as above
       with fixed (static) per-op steps.
@@ -297,24 +312,31 @@ def quantized(
       unsupported: what an op other than the supported ones does when it meets
         a quantized leaf: ``"error"`` (a ``TypeError`` naming the leaf path and
         the op) or ``"dequantize"`` (the leaf is dequantized for that op).
+      tile_bytes: float bytes of the largest weight tile the weight-only path
+        dequantizes at once (``None``: whole weights; default 256 KiB).
 
     Returns:
       A function with ``fn``'s signature.
 
     Raises:
-      ValueError: bad ``activations``/``unsupported``; at call time, a leaf
-        the integer path cannot take (asymmetric, group-wise, over 8 bits),
+      ValueError: bad ``activations``/``unsupported``/``tile_bytes``; at call
+        time, a leaf the integer path cannot take (over 8 bits, scales varying
+        along several contracted axes, groups in a grouped convolution),
         a missing calibrated range, or a gather the leaf's layout cannot serve.
       TypeError: at call time, an unsupported op meeting a quantized leaf.
     """
     mode, steps = _check_activations(activations)
+    if tile_bytes is not None and (
+        isinstance(tile_bytes, bool) or not isinstance(tile_bytes, int) or tile_bytes < 1
+    ):
+        raise ValueError(f"tile_bytes must be None or an int >= 1, got {tile_bytes!r}")
     if unsupported not in UNSUPPORTED:
         raise ValueError(f"unsupported must be one of {list(UNSUPPORTED)}, got {unsupported!r}")
     inner = quax.quaxify(fn)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        args, kwargs = wrap_leaves((args, kwargs), mode, steps, unsupported)
+        args, kwargs = wrap_leaves((args, kwargs), mode, steps, unsupported, None, tile_bytes)
         return inner(*args, **kwargs)
 
     return run

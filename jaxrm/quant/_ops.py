@@ -49,82 +49,181 @@ def _scale_to_out(s, contract, batch, side: str, n_other_free: int) -> jax.Array
 
 
 def check_integer_weight(leaf: Any, path: str, contract: tuple[int, ...]) -> None:
-    """Raises unless ``leaf`` can be multiplied in int8 along ``contract``."""
+    """Raises unless ``leaf`` can be multiplied in int8 along ``contract``: at
+    most 8 bits, and scales varying along at most one contracted axis (groups)."""
     if not isinstance(leaf, QArray):
         return
     if leaf.bits > 8:
         raise ValueError(f"int8 activations: leaf {path!r} has {leaf.bits}-bit weights (> 8)")
-    if not leaf.symmetric:
-        raise ValueError(
-            f"int8 activations: leaf {path!r} is asymmetric (zero points); quantize it with "
-            "symmetric=True or run it weight-only (activations=None)"
-        )
+    _group_axis(leaf, path, contract)
+
+
+def _group_axis(leaf: QArray, path: str, contract) -> int | None:
+    """The contracted axis along which ``leaf``'s scales vary (its groups), or ``None``."""
     scale = _keepdims(leaf.scale, len(leaf.shape))
-    if any(scale.shape[a] != 1 for a in contract):
+    varying = [a for a in contract if scale.shape[a] != 1]
+    if len(varying) > 1:
         raise ValueError(
-            f"int8 activations: leaf {path!r} has scales that vary along its contracted "
-            f"axes {contract} (group-wise, group_size={leaf.group_size}); integer products "
-            "need one scale per output channel: run it weight-only (activations=None)"
+            f"int8 activations: leaf {path!r} has scales that vary along several contracted "
+            f"axes {varying}; run it weight-only (activations=None)"
         )
+    return varying[0] if varying else None
 
 
-def _integers(leaf: QArray) -> jax.Array:
+def _weight_integers(leaf: QArray) -> tuple[jax.Array, jax.Array | None]:
+    """``(w, z)``: int8 levels and (integral, float) zero points of ``leaf`` with
+    ``values - zero_point == w - z``; ``z`` is ``None`` for symmetric leaves.
+
+    8-bit asymmetric levels (0..255) are shifted by -128 into int8, their zero
+    points with them. Masked entries take the level ``z`` (so ``w - z == 0``)."""
     v = leaf.integers()
+    nd = len(leaf.shape)
+    if leaf.symmetric:
+        w, z, fill = v.astype(jnp.int8), None, jnp.zeros((), jnp.int8)
+    else:
+        off = 128 if leaf.bits == 8 else 0
+        w = (v.astype(jnp.int16) - off).astype(jnp.int8)
+        z = _keepdims(leaf.zero_point, nd) - off
+        fill = expand_groups(z, tuple(leaf.shape), leaf.group_size or 1).astype(jnp.int8)
     if leaf.mask is not None:
-        v = jnp.where(leaf.mask, v, jnp.zeros((), v.dtype))
-    return v.astype(jnp.int8)
+        w = jnp.where(leaf.mask, w, fill)
+    return w, z
+
+
+def _split(a: jax.Array, axis: int, size: int) -> jax.Array:
+    """``a`` with ``axis`` split into ``(groups, size)``, zero-padded to whole groups."""
+    n = a.shape[axis]
+    groups = -(-n // size)
+    if groups * size != n:
+        a = jnp.pad(a, [(0, groups * size - n) if i == axis else (0, 0) for i in range(a.ndim)])
+    return a.reshape(*a.shape[:axis], groups, size, *a.shape[axis + 1 :])
+
+
+def _split_dims(contract, batch, axis: int | None):
+    """Contracted and batch axes after splitting ``axis`` into ``(groups, size)``:
+    the group axis becomes the first batch axis, the size axis is contracted."""
+    if axis is None:
+        return tuple(contract), tuple(batch)
+    m = lambda a: a + 1 if a > axis else a
+    return (
+        tuple(axis + 1 if a == axis else m(a) for a in contract),
+        (axis, *(m(a) for a in batch)),
+    )
+
+
+def _split_field(a: jax.Array, axis: int | None) -> jax.Array:
+    """A field with a size-1 or group axis ``axis`` reshaped as ``_split`` does."""
+    if axis is None:
+        return a
+    return a.reshape(*a.shape[: axis + 1], 1, *a.shape[axis + 1 :])
 
 
 def int_dot(x, leaf: QArray, *, weight_side: str, step, params: dict) -> jax.Array:
-    """``dot_general`` of float ``x`` and quantized ``leaf`` in int8 -> int32, rescaled."""
+    """``dot_general`` of float ``x`` and quantized ``leaf`` in int8 -> int32, rescaled.
+
+    With ``x ≈ sx * xq`` (int8, a range per row) and ``w = sw * (wq - z)``:
+    ``x·w = sx * sw * (xq·wq - z * sum(xq))``, the sum over the contracted
+    entries (the zero-point term, asymmetric weights only). Group-wise scales
+    (and zero points) split the contraction into groups: one int32 partial dot
+    per group (the groups a batch axis of one ``dot_general``), each rescaled
+    by its group's scale, then summed."""
     (lc, rc), (lb, rb) = params["dimension_numbers"]
     xc, xb, wc, wb = (lc, lb, rc, rb) if weight_side == "rhs" else (rc, rb, lc, lb)
     xq, sx = quantize_activation(x, tuple(xc), step)
-    wq = _integers(leaf)
+    wq, z = _weight_integers(leaf)
+    nd = wq.ndim
+    sw = _keepdims(leaf.scale, nd)
+    dw = _group_axis(leaf, "", tuple(wc))
+    dx = None if dw is None else xc[list(wc).index(dw)]
+    if dw is not None:
+        size = leaf.group_size or -(-leaf.shape[dw] // sw.shape[dw])
+        xq, wq = _split(xq, dx, size), _split(wq, dw, size)
+        sx, sw = _split_field(sx, dx), _split_field(sw, dw)
+        z = None if z is None else _split_field(z, dw)
+    xc2, xb2 = _split_dims(xc, xb, dx)
+    wc2, wb2 = _split_dims(wc, wb, dw)
+    dims = ((xc2, wc2), (xb2, wb2)) if weight_side == "rhs" else ((wc2, xc2), (wb2, xb2))
     ops = (xq, wq) if weight_side == "rhs" else (wq, xq)
-    y = lax.dot_general(
-        *ops, params["dimension_numbers"], precision=None, preferred_element_type=jnp.int32
-    )
-    sw = _keepdims(leaf.scale, wq.ndim)
-    n_x_free = x.ndim - len(xc) - len(xb)
-    n_w_free = wq.ndim - len(wc) - len(wb)
-    if weight_side == "rhs":
-        s = _scale_to_out(sx, xc, xb, "lhs", n_w_free) * _scale_to_out(sw, wc, wb, "rhs", n_x_free)
+    acc = lax.dot_general(*ops, dims, precision=None, preferred_element_type=jnp.int32)
+    n_x_free = xq.ndim - len(xc2) - len(xb2)
+    n_w_free = wq.ndim - len(wc2) - len(wb2)
+    x_side, w_side = ("lhs", "rhs") if weight_side == "rhs" else ("rhs", "lhs")
+    x_out = lambda a: _scale_to_out(a, xc2, xb2, x_side, n_w_free)
+    w_out = lambda a: _scale_to_out(a, wc2, wb2, w_side, n_x_free)
+    if z is not None:
+        xsum = jnp.sum(xq.astype(jnp.int32), axis=xc2, keepdims=True)
+        acc = acc - w_out(z).astype(jnp.int32) * x_out(xsum)
+    y = acc.astype(jnp.float32) * w_out(sw)
+    if dw is not None:
+        y = jnp.sum(y, axis=0)
+        sx = jnp.squeeze(x_out(sx), axis=0)
     else:
-        s = _scale_to_out(sw, wc, wb, "lhs", n_x_free) * _scale_to_out(sx, xc, xb, "rhs", n_w_free)
+        sx = x_out(sx)
     out_dtype = params.get("preferred_element_type") or jnp.result_type(x.dtype, leaf.dtype)
-    return (y.astype(jnp.float32) * s).astype(out_dtype)
+    return (y * sx).astype(out_dtype)
 
 
 def int_conv(x, leaf: QArray, *, step, params: dict) -> jax.Array:
     """``conv_general_dilated`` in int8 -> int32: dynamic range per example (or a
-    static ``step``), one weight scale per output feature."""
+    static ``step``), weight scales per output feature.
+
+    Asymmetric weights: ``conv(xq, wq - z) = conv(xq, wq) - z * conv(xq, 1)``,
+    the second term the sum of ``xq`` over each receptive field (a convolution
+    with a kernel of ones). Group-wise scales along the input features (an
+    ungrouped convolution): one int32 convolution per group of input features,
+    each rescaled by its scales, summed."""
     dn = params["dimension_numbers"]
     lhs_spec, rhs_spec, out_spec = dn.lhs_spec, dn.rhs_spec, dn.out_spec
     reduce = tuple(i for i in range(x.ndim) if i != lhs_spec[0])
     xq, sx = quantize_activation(x, reduce, step)
-    wq = _integers(leaf)
+    wq, z = _weight_integers(leaf)
     kw = {k: v for k, v in params.items() if k not in ("preferred_element_type", "precision")}
-    y = lax.conv_general_dilated_p.bind(
-        xq, wq, precision=None, preferred_element_type=jnp.int32, **kw
+    conv = lambda a, b: lax.conv_general_dilated_p.bind(
+        a, b, precision=None, preferred_element_type=jnp.int32, **kw
     )
-    ndim = y.ndim
+    ndim = x.ndim
+    out_shape = [-1 if i == out_spec[1] else 1 for i in range(ndim)]
+    per_feature = lambda a: jnp.reshape(jnp.moveaxis(a, rhs_spec[0], 0).reshape(-1), out_shape)
+    sw = _keepdims(leaf.scale, wq.ndim)
+    cin = rhs_spec[1]
+    groups = sw.shape[cin]
+    size = leaf.group_size or -(-leaf.shape[cin] // groups)
+    if groups > 1 and params.get("feature_group_count", 1) != 1:
+        raise ValueError("group-wise scales in a grouped (depthwise) convolution")
+    y = 0.0
+    for g in range(groups):
+        lo, hi = g * size, min((g + 1) * size, leaf.shape[cin])
+        xg = xq if groups == 1 else lax.slice_in_dim(xq, lo, hi, axis=lhs_spec[1])
+        wg = wq if groups == 1 else lax.slice_in_dim(wq, lo, hi, axis=cin)
+        acc = conv(xg, wg)
+        if z is not None:
+            zg = lax.slice_in_dim(z, g, g + 1, axis=cin) if groups > 1 else z
+            ones = jnp.ones(wg.shape, jnp.int8)
+            if params.get("feature_group_count", 1) == 1:  # one output feature suffices
+                ones = lax.slice_in_dim(ones, 0, 1, axis=rhs_spec[0])
+            acc = acc - per_feature(zg).astype(jnp.int32) * conv(xg, ones)
+        sg = lax.slice_in_dim(sw, g, g + 1, axis=cin) if groups > 1 else sw
+        y = y + acc.astype(jnp.float32) * per_feature(sg)
     sx_out = jnp.reshape(sx, [-1 if i == out_spec[0] else 1 for i in range(ndim)])
     if sx.size == 1:
         sx_out = jnp.reshape(sx, (1,) * ndim)
-    sw = _keepdims(leaf.scale, wq.ndim)
-    sw_out = jnp.reshape(
-        jnp.moveaxis(sw, rhs_spec[0], 0).reshape(-1),
-        [-1 if i == out_spec[1] else 1 for i in range(ndim)],
-    )
     out_dtype = params.get("preferred_element_type") or jnp.result_type(x.dtype, leaf.dtype)
-    return (y.astype(jnp.float32) * sx_out * sw_out).astype(out_dtype)
+    return (y * sx_out).astype(out_dtype)
 
 
-def check_conv_weight(leaf: Any, path: str, rhs_spec: tuple[int, ...]) -> None:
+def check_conv_weight(leaf: Any, path: str, rhs_spec: tuple[int, ...], groups: int = 1) -> None:
+    """Raises unless the integer convolution takes ``leaf`` (groups along the
+    input features only, and only in an ungrouped convolution)."""
     if isinstance(leaf, QArray):
         contract = tuple(a for a in range(len(leaf.shape)) if a != rhs_spec[0])
         check_integer_weight(leaf, path, contract)
+        d = _group_axis(leaf, path, contract)
+        if d is not None and (d != rhs_spec[1] or groups != 1):
+            raise ValueError(
+                f"int8 activations: leaf {path!r} has group-wise scales along kernel axis {d}; "
+                "the integer convolution takes groups along the input features of an "
+                "ungrouped convolution only: run it weight-only (activations=None)"
+            )
 
 
 # ----------------------------------------------------------------------------- gathers

@@ -61,3 +61,33 @@ def test_plan_errors():
         memory.plan(mlp_loss, params, batch, 1e9, optimizer=optax.sgd(1.0), shardings=("tp",))
     with pytest.raises(TypeError, match="loss"):
         memory.plan(None, params, batch, 1e9, optimizer=optax.sgd(1.0))
+
+
+@pytest.mark.slow
+def test_plan_on_a_scanned_transformer_with_remat_on_its_blocks():
+    # a budget only a split or remat of the scanned blocks meets: the chosen option fits,
+    # and compiling that option by hand gives the bytes the plan reported
+    from tests.memory._models import ScannedLM, lm_loss
+
+    model = ScannedLM(vocab=32, d=32, layers=4)
+    tokens = jax.ShapeDtypeStruct((32, 64), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64), jnp.int32))
+
+    def loss_for_policy(policy):
+        m = memory.remat_modules(model, [(r"^layers$", policy)], prevent_cse=False)
+        return lambda p, t: lm_loss(m.apply(p, t), t)
+
+    kw = dict(optimizer=optax.adam(1e-3), policies=("none", "full"), micro_batches=(1, 4),
+              quantized=(False,), loss_for_policy=loss_for_policy)
+    loss = loss_for_policy("none")
+    loose = memory.plan(loss, params, tokens, float("inf"), **kw)
+    by = {(o.policy, o.micro_batches): o for o in loose.options}
+    plain = by["none", 1]
+    assert by["full", 1].total_bytes < plain.total_bytes  # remat inside the scan saves
+    assert by["none", 4].total_bytes < plain.total_bytes
+    budget = plain.total_bytes - 1
+    tight = memory.plan(loss, params, tokens, budget, **kw)
+    assert tight.best is not None and tight.best.total_bytes <= budget
+    assert (tight.best.policy, tight.best.micro_batches) != ("none", 1)
+    with pytest.raises(TypeError, match="loss_for_policy"):
+        memory.plan(loss, params, tokens, budget, optimizer=optax.sgd(1.0), loss_for_policy=1)

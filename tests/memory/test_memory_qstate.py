@@ -67,6 +67,44 @@ def test_codes_match_numpy_nearest(n, block, scale, power, signed, mapping, seed
     assert np.all(err <= ref_err + 1e-6 * per_entry_absmax + 1e-30)
 
 
+def brute_nearest(v, table):
+    """Index of the code nearest each entry (ties to the larger magnitude), by brute force."""
+    d = np.abs(v.astype(np.float64)[:, None] - table.astype(np.float64)[None, :])
+    best = d.min(axis=1, keepdims=True)
+    return np.where(d == best, np.abs(table.astype(np.float64)), -1.0).argmax(axis=1)
+
+
+def test_dynamic_codes_are_the_nearest_code_at_every_cell_edge():
+    # the table lookup against a brute-force argmin on every cell's edges and on the
+    # codes' midpoints and their float32 neighbours, for both maps and signs
+    from jaxrm.memory import _qstate
+
+    for unsigned in (False, True):
+        table = memory.dynamic_map(not unsigned)
+        mags = table[table >= 0].astype(np.float64)
+        mids = ((mags[:-1] + mags[1:]) / 2).astype(np.float32)
+        cells = (np.arange(_qstate._FIRST, _qstate._FIRST + _qstate._CELLS) << _qstate._SHIFT)
+        edges = cells.astype(np.int32).view(np.float32)
+        v = np.concatenate([edges, np.nextafter(edges, 0), mids, np.nextafter(mids, 0),
+                            np.nextafter(mids, 1), [0.0, 1e-30, 1.0]]).astype(np.float32)
+        v = v[(v >= 0) & (v <= 1)]
+        if not unsigned:
+            v = np.concatenate([v, -v[v > 0]])
+        got = np.asarray(_qstate._dynamic_codes(jnp.asarray(v), jnp.asarray(unsigned)))
+        want = brute_nearest(v, table)
+        if unsigned:
+            want = np.where((v > 0) & (want == 0), 1, want)  # positives stay positive
+        np.testing.assert_array_equal(got.astype(int), want)
+
+
+def test_empty_and_non_finite_tensors():
+    q = memory.quantize_blocks(np.zeros((0, 3), np.float32))
+    assert q.codes.shape == (0,) and memory.dequantize_blocks(q).shape == (0, 3)
+    x = np.array([1.0, np.inf, np.nan, -2.0] * 600, np.float32)
+    q = memory.quantize_blocks(x)  # codes stay in range: no out-of-bounds lookup
+    assert q.codes.dtype == jnp.uint8 and q.codes.shape == x.shape
+
+
 def test_round_trip_error_bound_dynamic():
     # relative precision: entries within 3 decades of their block max keep ~7% or better
     rng = np.random.default_rng(0)

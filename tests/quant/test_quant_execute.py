@@ -262,11 +262,14 @@ def test_bad_input():
     x = jnp.ones((2, 8))
     for bad, match in (
         (quant.uniform({"w": w}, 12, where="w"), "12-bit"),
-        (quant.uniform({"w": w}, 8, symmetric=False, where="w"), "asymmetric"),
-        (quant.uniform({"w": w}, 4, axis=-1, group_size=4, where="w"), "group-wise"),
     ):
         with pytest.raises(ValueError, match=match):
             quant.quantized(lambda p, x: x @ p["w"], activations="int8-dynamic")(bad, x)
+    # scales varying along both contracted axes of one op
+    every = {"w": q["layer"]["w"].replace(scale=jnp.ones((8, 4)), group_size=1)}
+    with pytest.raises(ValueError, match="several contracted"):
+        quant.quantized(lambda p, y: jnp.einsum("ij,ij->", p["w"], y),
+                        activations="int8-dynamic")(every, jnp.ones((8, 4)))
     broken = {"w": q["layer"]["w"].replace(scale=jnp.ones((3, 4)))}
     with pytest.raises(ValueError, match="scale of shape"):
         quant.quantized(lambda p, x: x @ p["w"])(broken, x)
@@ -274,6 +277,8 @@ def test_bad_input():
         quant.quantized(lambda p: p, activations="int4")
     with pytest.raises(ValueError, match="unsupported"):
         quant.quantized(lambda p: p, unsupported="ignore")
+    with pytest.raises(ValueError, match="tile_bytes"):
+        quant.quantized(lambda p: p, tile_bytes=0)
     with pytest.raises(ValueError, match="no calibrated range"):
         quant.quantized(lambda p, x: x @ p["w"], activations={"v": jnp.float32(1)})(
             {"w": q["layer"]["w"]}, x
@@ -301,3 +306,88 @@ def test_jrm_file_runs_compressed(tmp_path):
     f = lambda p, x: model.apply({"params": p}, x)
     np.testing.assert_array_equal(np.asarray(jax.jit(quant.quantized(f))(back, ids)),
                                   np.asarray(jax.jit(quant.quantized(f))(q, ids)))
+
+
+def _grouped_reference(x, q, sx=None):
+    """Numpy int8 x int8 -> int64 per group of the contraction, with zero points:
+    ``sum_g sx * sw[g] * (xq[:, g] @ (w[g] - z[g]))``, masked entries 0; the
+    activation step ``sx`` per row (max |x| / 127) unless given."""
+    x = np.asarray(x, np.float64)
+    if sx is None:
+        amax = np.max(np.abs(x), axis=-1, keepdims=True)
+        sx = np.where(amax > 0, amax.astype(np.float32) / np.float32(127), 1.0)
+    xq = np.clip(np.round(x / sx), -127, 127).astype(np.int64)
+    k = x.shape[-1]
+    scale = np.broadcast_to(np.asarray(q.scale, np.float64), (np.shape(q.scale)[0], q.shape[1]))
+    zp = np.broadcast_to(np.asarray(q.zero_point, np.float64), scale.shape).astype(np.int64)
+    w = np.asarray(q.integers(), np.int64)
+    keep = np.ones(w.shape, bool) if q.mask is None else np.asarray(q.mask)
+    size = q.group_size or -(-k // scale.shape[0])
+    y = np.zeros((x.shape[0], w.shape[1]))
+    for g in range(scale.shape[0]):
+        rows = slice(g * size, min((g + 1) * size, k))
+        centred = np.where(keep[rows], w[rows] - zp[g], 0)
+        y += (xq[:, rows] @ centred) * scale[g]
+    return y * sx
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("bits, group, pack", [(8, None, False), (8, 16, False), (4, 12, True)])
+def test_integer_path_asymmetric_and_group_wise(symmetric, bits, group, pack):
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((40, 6)) + 0.7).astype(np.float32)  # off-centre: zero points
+    keep = rng.random(w.shape) > 0.3
+    x = (rng.standard_normal((5, 40)) * 2).astype(np.float32)
+    x[1] = 0.0
+    q = quant.uniform({"w": w}, bits, symmetric=symmetric, axis=-1, group_size=group,
+                      pack=pack, masks={"w": keep}, where="w")["w"]
+    assert q.symmetric == symmetric and (group is None) == (q.scale.shape[0] == 1)
+    f = quant.quantized(lambda p, x: x @ p["w"], activations="int8-dynamic")
+    out = jax.jit(f)({"w": q}, x)
+    ref = _grouped_reference(x, q)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    jaxpr = str(jax.make_jaxpr(f)({"w": q}, x))
+    assert "preferred_element_type=int32" in jaxpr and "i8[5," in jaxpr
+    # masked entries contribute exactly nothing: the one-hot rows give w's rows
+    seen = jax.jit(f)({"w": q}, np.eye(40, dtype=np.float32) * 3)
+    assert np.all(np.asarray(seen)[~keep] == 0.0)
+    # the weight on the left, and under vmap
+    g = quant.quantized(lambda p, x: p["w"].T @ x.T, activations="int8-dynamic")
+    np.testing.assert_allclose(np.asarray(jax.jit(g)({"w": q}, x)).T, np.asarray(out),
+                               rtol=1e-6, atol=1e-6)
+    per = jax.vmap(lambda r: f({"w": q}, r[None])[0])(x)
+    np.testing.assert_allclose(np.asarray(per), np.asarray(out), rtol=1e-6, atol=1e-6)
+
+
+def test_integer_path_group_wise_attention_kernel_and_conv():
+    rng = np.random.default_rng(8)
+    # attention output kernel (heads, head_dim, emb) contracted on (heads, head_dim)
+    o = rng.standard_normal((2, 8, 5)).astype(np.float32)
+    v = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    q = quant.uniform({"o": o}, 8, symmetric=False, axis=-1, group_size=4, where="o")
+    assert q["o"].scale.shape == (1, 2, 5)  # groups of 4 along head_dim
+    f = quant.quantized(lambda p, v: jnp.einsum("bhd,hde->be", v, p["o"]),
+                        activations="int8-dynamic")
+    # both heads share the scales of a head_dim group: groups of the flattened (16,) axis
+    spread = lambda a: jnp.broadcast_to(a, (2, 2, 5)).reshape(4, 5)
+    flat = q["o"].replace(values=q["o"].values.reshape(16, 5), scale=spread(q["o"].scale),
+                          zero_point=spread(q["o"].zero_point))
+    np.testing.assert_allclose(np.asarray(jax.jit(f)(q, v)),
+                               _grouped_reference(v.reshape(3, 16), flat), rtol=1e-5, atol=1e-5)
+    # convolution: asymmetric, groups of input features; against the same numbers
+    # as a matmul on im2col patches (a 1x1 convolution is a matmul per pixel)
+    k = (rng.standard_normal((1, 1, 12, 4)) + 0.5).astype(np.float32)
+    img = rng.standard_normal((2, 3, 3, 12)).astype(np.float32)
+    for kw in (dict(symmetric=False), dict(symmetric=False, group_size=4)):
+        qk = quant.uniform({"k": k}, 8, axis=-1, where="k", **kw)
+        conv = quant.quantized(lambda p, x: jax.lax.conv_general_dilated(
+            x, p["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            activations="int8-dynamic")
+        out = np.asarray(jax.jit(conv)(qk, img))
+        flat = qk["k"].replace(values=qk["k"].values.reshape(12, 4),
+                               scale=qk["k"].scale.reshape(-1, 4),
+                               zero_point=qk["k"].zero_point.reshape(-1, 4))
+        for n in range(2):  # the activation range is per example
+            sx = np.abs(img[n]).max().astype(np.float32) / np.float32(127)
+            ref = _grouped_reference(img[n].reshape(9, 12), flat, np.float64(sx))
+            np.testing.assert_allclose(out[n].reshape(9, 4), ref, rtol=1e-5, atol=1e-4)
