@@ -235,6 +235,14 @@ class _NumbersOnly(pickle._Unpickler):  # the Python unpickler: its opcodes can 
     def _array(self, shape: Any, dt: Any, fortran: Any, raw: Any) -> np.ndarray:
         shape = _shape(shape, "array")
         dt = _plain_dtype(dt)
+        if isinstance(raw, str):
+            # A Python 2 pickle (the MNIST wheel's) read with encoding="latin1" gives
+            # the array's bytes as a str; numpy's own __setstate__ encodes it back with
+            # latin1. Characters above U+00FF cannot come from bytes: refused.
+            try:
+                raw = raw.encode("latin1")
+            except UnicodeEncodeError:
+                raise pickle.UnpicklingError("bad numpy array state (str data above latin1)")
         if not isinstance(fortran, bool) or not isinstance(raw, bytes):
             raise pickle.UnpicklingError("bad numpy array state (needs raw bytes)")
         nbytes = math.prod(shape) * dt.itemsize

@@ -87,7 +87,10 @@ PICKLES = {
         (1,), dtype_with_state("f8", (3, "<", None, None, None, -5, -1, 0)), b"\0" * 8)),
     "dtype BUILD sets a bogus byte order": lambda: _p(array_with_state(
         (1,), dtype_with_state("f8", (3, "x", *_PLAIN)), b"\0" * 8)),
-    "array BUILD with str data": lambda: _p(array_with_state((2,), np.dtype("u1"), "ab")),
+    "array BUILD with str data above latin1": lambda: _p(
+        array_with_state((2,), np.dtype("u1"), "a\u0100")),
+    "array BUILD with str data of the wrong length": lambda: _p(
+        array_with_state((2,), np.dtype("u1"), "abc")),
     "array BUILD with a short buffer": lambda: _p(array_with_state((4,), _F8, b"\0" * 8)),
     "array BUILD with 100 dimensions": lambda: _p(array_with_state((1,) * 100, np.dtype("u1"),
                                                                   b"\0")),

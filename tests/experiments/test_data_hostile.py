@@ -74,6 +74,16 @@ def test_pickle_array_budget_counts_every_array():
         data.safe_unpickle(blob, max_bytes=1199)
 
 
+def test_python2_array_data_as_a_latin1_str_loads_as_numpy_reads_it():
+    # Python 2 pickles (the MNIST wheel's) carry an array's bytes as a str once read
+    # with encoding="latin1"; numpy encodes it back with latin1, and so does the reader.
+    raw = bytes(range(256)) * 2
+    blob = hostile._p(hostile.array_with_state((2, 256), np.dtype("u1"), raw.decode("latin1")))
+    got = data.safe_unpickle(blob)
+    np.testing.assert_array_equal(got, np.frombuffer(raw, np.uint8).reshape(2, 256))
+    assert got.dtype == np.uint8
+
+
 def test_legitimate_pickles_still_load():
     obj = {
         "big_endian": np.arange(5, dtype=">f8"),
