@@ -242,7 +242,9 @@ class _NumbersOnly(pickle._Unpickler):  # the Python unpickler: its opcodes can 
             try:
                 raw = raw.encode("latin1")
             except UnicodeEncodeError:
-                raise pickle.UnpicklingError("bad numpy array state (str data above latin1)")
+                raise pickle.UnpicklingError(
+                    "bad numpy array state (str data above latin1)"
+                ) from None
         if not isinstance(fortran, bool) or not isinstance(raw, bytes):
             raise pickle.UnpicklingError("bad numpy array state (needs raw bytes)")
         nbytes = math.prod(shape) * dt.itemsize

@@ -322,6 +322,7 @@ def _nm_mask_host(pattern: NM, x: np.ndarray) -> np.ndarray:
     wins a tie) and its negation that ``i`` beats ``j`` (NaN counts as
     ``-inf``), so ``m (m - 1) / 2`` comparisons rank every entry.
     """
+    assert pattern.axis is not None  # resolved from the leaf's layout by the caller
     axis = pattern.axis + 1
     m, n = pattern.m, pattern.n
     shape = x.shape

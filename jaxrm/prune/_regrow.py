@@ -112,6 +112,7 @@ def _drop_and_grow(cfg: _Config, inner_state, updates, params, old: list, count,
     p = _plan(cfg, params)
     g_leaves, _ = jax.tree_util.tree_flatten(updates)
     sizes, active = _active_counts(cfg, params, p)
+    assert cfg.fraction is not None  # only rigl / set_ (which set it) update masks
     frac = jnp.asarray(cfg.fraction(count), jnp.float32)
     kept = _leaves.kept_counts([frac] * len(p.picked), active)
     drops = [jnp.clip(a - jnp.asarray(k), 0, n - a) for a, k, n in zip(active, kept, sizes)]
