@@ -15,6 +15,9 @@ import numbers
 from collections.abc import Iterable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 __all__ = [
     "at",
     "axis",
@@ -150,3 +153,21 @@ def axes(value: Any, argument: str, ndim: int, *, path: str | None = None) -> tu
     if len(set(out)) != len(out):
         raise ValueError(f"{argument}{at(path)} repeats an axis: {tuple(value)}")
     return out
+
+
+def prng_key(value: Any, argument: str = "key") -> jax.Array:
+    """``value`` as a typed PRNG key; a raw ``uint32[2]`` key is wrapped.
+
+    Raises:
+      TypeError: ``value`` is neither a typed key nor a raw ``uint32[2]`` key.
+    """
+    # Arrays by duck type, as jaxrm.tree.is_array (which imports this module).
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, type):
+        if jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+            return value
+        if value.dtype == jnp.uint32 and tuple(value.shape) == (2,):
+            return jax.random.wrap_key_data(value)
+    raise TypeError(
+        f"{argument} must be a JAX PRNG key (jax.random.key(seed) or "
+        f"jax.random.PRNGKey(seed)), got {type(value).__name__}"
+    )

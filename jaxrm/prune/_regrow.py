@@ -76,18 +76,6 @@ def _active_counts(cfg: _Config, params, p: _leaves.Plan) -> tuple[list[int], li
     return sizes, _leaves.kept_counts(_targets(cfg, params, p), sizes)
 
 
-def _check_key(key) -> jax.Array:
-    """``key`` as a typed PRNG key."""
-    if jtree.is_array(key) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if jtree.is_array(key) and key.dtype == jnp.uint32 and tuple(key.shape) == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(
-        "key must be a JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
-        f"got {type(key).__name__}"
-    )
-
-
 def _init_masks(cfg: _Config, params) -> Any:
     """A uniformly random mask with each leaf's (slice's) exact active count."""
     p = _plan(cfg, params)
@@ -202,7 +190,7 @@ def _config(sparsity, init, key, where, stacked, grow=None, drop_fraction=None,
     if _leaves.is_scalar(sparsity):
         _leaves.check_sparsity(sparsity)
     _checks.choice(init, "init", _INITS)
-    key = _check_key(key)
+    key = _checks.prng_key(key)
     fraction = None
     if grow is not None:
         drop_fraction = _checks.real(drop_fraction, "drop_fraction", above=0, maximum=1)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrm import _checks
 from jaxrm import tree as jtree
 from jaxrm.tree import aligned
 
@@ -84,13 +85,7 @@ def random(key: jax.Array, params: Any) -> Any:
     Raises:
       TypeError: ``key`` is not a PRNG key.
     """
-    is_typed = jtree.is_array(key) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    is_raw = jtree.is_array(key) and key.dtype == jnp.uint32 and tuple(key.shape) == (2,)
-    if not (is_typed or is_raw):
-        raise TypeError(
-            "key must be a JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
-            f"got {type(key).__name__}"
-        )
+    _checks.prng_key(key)  # raises TypeError; the key itself is used as given
     leaves, treedef = jax.tree_util.tree_flatten(params)
     out = [
         jax.random.uniform(jax.random.fold_in(key, i), x.shape, jnp.float32)

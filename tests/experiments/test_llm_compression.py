@@ -25,6 +25,8 @@ def test_pipeline_measures_each_method_from_its_file(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "out"
+    methods = ["float", "GPTQ 4-bit", "RTN 4-bit", "Wanda 2:4", "SparseGPT 2:4 + 4-bit",
+               "AWQ 4-bit g32"]
     llm_compression.main(
         [
             "--config",
@@ -38,25 +40,12 @@ def test_pipeline_measures_each_method_from_its_file(tmp_path):
             "--cache",
             str(tmp_path / "cache"),
             "--only",
-            "float",
-            "GPTQ 4-bit",
-            "RTN 4-bit",
-            "Wanda 2:4",
-            "SparseGPT 2:4 + 4-bit",
-            "AWQ 4-bit g32",
+            *methods,
         ]
     )
     res = json.loads((out / "results.json").read_text())
     by = {r["method"]: r for r in res["rows"]}
-    assert set(by) == {
-        "float",
-        "GPTQ 4-bit",
-        "RTN 4-bit",
-        "Wanda 2:4",
-        "SparseGPT 2:4 + 4-bit",
-        "AWQ 4-bit g32",
-        "budget = GPTQ 4-bit file",
-    }
+    assert set(by) == {*methods, "budget = GPTQ 4-bit file"}
     assert by["GPTQ 4-bit"]["bytes"] < 0.5 * by["float"]["bytes"]
     assert by["budget = GPTQ 4-bit file"]["bytes"] <= by["GPTQ 4-bit"]["bytes"]
     # AWQ's file holds its input scales too, and the model runs from it.
