@@ -80,7 +80,7 @@ def table(results: dict) -> str:
     """The markdown table of ``results``: one section per model, with its command and timing."""
     summ = results["summary"]
     lines = ["# Sparse training from scratch", "",
-             f"Config `{results['config']}`, {results['seeds']} seeds, mean ± std. Same steps, "
+             f"Config `{results['config']}`; mean ± std over seeds. Same steps, "
              "data order and optimizer for every method of a model; ERK sparsity over the "
              "sparse leaves.", ""]
     for run in results["runs_config"]:
@@ -90,7 +90,8 @@ def table(results: dict) -> str:
         name, label = _score(rows)
         dense = [r for r in rows if r["method"] == "dense"]
         sps = sorted({r["sparsity"] for r in rows if r["method"] != "dense"})
-        lines += [f"## {model} ({run['steps']} steps of batch {run['batch']}): {label}", "",
+        lines += [f"## {model} ({run['steps']} steps of batch {run['batch']}, "
+                  f"{run['seeds']} seeds): {label}", "",
                   "| method | " + " | ".join(f"{100 * s:g}% sparse" for s in sps) + " |",
                   "|---|" + "---|" * len(sps)]
         if dense:

@@ -65,6 +65,7 @@ class Run:
     unroll: bool = False
     optimizer: str = "sgd"  # "sgd" or "adamw"
     lm: LM | None = None
+    seeds: int = 3
 
 
 class Task(NamedTuple):

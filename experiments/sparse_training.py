@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
 import sys
@@ -57,18 +58,20 @@ RESULTS = Path(__file__).resolve().parent / "results" / "sparse-training"
 METHODS = sparse_report.METHODS
 
 CONFIGS = {
-    # LeNet-300-100's block was run at load 8-16; LeNet-5 and the LM are sized to take
-    # about 25 minutes each for their 48 runs on this shared 2-core machine at load 3-5
-    # (one XLA thread): see docs/sparse_training.md for the measured step costs.
+    # LeNet-300-100's block ran at load 8-16. LeNet-5 and the LM are sized for about 25
+    # minutes each on this shared 2-core machine at load 5-6 (one XLA thread), where a
+    # LeNet-5 step at batch 100 takes about 0.2 s, and with two seeds each; see
+    # docs/sparse_training.md for the measured step costs.
     "full": dict(runs=(Run("lenet-300-100", 600, every=50),
-                       Run("lenet-5", 300, every=25, chunk=10, unroll=True),
-                       Run("lm", 200, batch=16, lr=3e-3, every=25, chunk=25,
-                           optimizer="adamw", lm=LM())),
-                 sparsities=(0.9, 0.95, 0.98), seeds=3),
-    "tiny": dict(runs=(Run("lenet-300-100", 20, batch=32, every=5, chunk=10),
+                       Run("lenet-5", 120, every=15, chunk=10, unroll=True, seeds=2),
+                       Run("lm", 150, batch=16, lr=3e-3, every=15, chunk=15,
+                           optimizer="adamw", lm=LM(), seeds=2)),
+                 sparsities=(0.9, 0.95, 0.98)),
+    "tiny": dict(runs=(Run("lenet-300-100", 20, batch=32, every=5, chunk=10, seeds=1),
                        Run("lm", 12, batch=4, lr=3e-3, every=4, chunk=4, optimizer="adamw",
-                           lm=LM(d_model=32, heads=2, layers=2, context=16, eval_windows=8))),
-                 sparsities=(0.9,), seeds=1, methods=("dense", "static", "rigl")),
+                           lm=LM(d_model=32, heads=2, layers=2, context=16, eval_windows=8),
+                           seeds=1)),
+                 sparsities=(0.9,), methods=("dense", "static", "rigl")),
 }
 
 
@@ -185,11 +188,17 @@ def _previous(path: Path, config: str, cfg: dict) -> tuple[list[dict], dict]:
     return old["runs"], records
 
 
-def _expected(cfg: dict, model: str) -> set:
+def _jobs(cfg: dict, run: Run) -> list[tuple[str, float, int]]:
+    """(method, sparsity, seed) of every run of ``run``'s model, dense first."""
     methods = cfg.get("methods", METHODS)
-    keys = {(model, "dense", 0.0, seed) for seed in range(cfg["seeds"])}
-    return keys | {(model, m, s, seed) for m in methods[1:] for s in cfg["sparsities"]
-                   for seed in range(cfg["seeds"])}
+    jobs = [("dense", 0.0, seed) for seed in range(run.seeds)]
+    return jobs + [(m, s, seed) for s in cfg["sparsities"] for m in methods[1:]
+                   for seed in range(run.seeds)]
+
+
+def _expected(cfg: dict, model: str) -> set:
+    run = next(r for r in cfg["runs"] if r.model == model)
+    return {(model, *job) for job in _jobs(cfg, run)}
 
 
 def _results(config: str, cfg: dict, rows: list[dict], records: dict) -> dict:
@@ -204,18 +213,35 @@ def _results(config: str, cfg: dict, rows: list[dict], records: dict) -> dict:
                                        r["sparsity"], r["seed"]))
     return {"config": config, "complete": complete,
             "runs_config": [records[m]["run"] for m in models],
-            "sparsities": list(cfg["sparsities"]), "seeds": cfg["seeds"],
+            "sparsities": list(cfg["sparsities"]),
             "models": {m: records[m] for m in models},
             "summary": sparse_report.summary(rows), "runs": rows}
 
 
-def _write(out: Path, results: dict, plots: bool) -> None:
-    sparse_report.atomic_write(out / "results.json",
-                               lambda f: f.write((json.dumps(results, indent=1) + "\n").encode()))
-    sparse_report.atomic_write(out / "table.md",
-                               lambda f: f.write(sparse_report.table(results).encode()))
-    if plots:
-        sparse_report.plot(out / "accuracy_vs_sparsity.png", results)
+def _merge(out: Path, config: str, cfg: dict, chosen: set, rows: list[dict], records: dict,
+           plots: bool) -> dict:
+    """Writes this command's rows beside the other models' rows now in ``out``.
+
+    The file is read again under a lock at every write, so commands running
+    different models into the same ``out`` at once keep each other's rows.
+    """
+    lock = os.open(out, os.O_RDONLY)  # a lock on the directory: no file of its own
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old_rows, old_records = _previous(out / "results.json", config, cfg)
+        results = _results(config, cfg,
+                           [r for r in old_rows if r["model"] not in chosen] + rows,
+                           {**{m: r for m, r in old_records.items() if m not in chosen},
+                            **records})
+        text = json.dumps(results, indent=1) + "\n"
+        sparse_report.atomic_write(out / "results.json", lambda f: f.write(text.encode()))
+        sparse_report.atomic_write(out / "table.md",
+                                   lambda f: f.write(sparse_report.table(results).encode()))
+        if plots:
+            sparse_report.plot(out / "accuracy_vs_sparsity.png", results)
+    finally:
+        os.close(lock)  # releases the lock
+    return results
 
 
 def _bar(total: int, quiet: bool):
@@ -258,23 +284,19 @@ def main(argv: list[str] | None = None) -> dict:
     runs = _selected(cfg, args.models)
     out = args.out if args.out is not None else RESULTS
     out.mkdir(parents=True, exist_ok=True)
-    old_rows, records = _previous(out / "results.json", args.config, cfg)
     chosen = {run.model for run in runs}
-    rows = [r for r in old_rows if r["model"] not in chosen]
-    records = {m: r for m, r in records.items() if m not in chosen}
     command = "python -m experiments.sparse_training " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    methods = cfg.get("methods", METHODS)
     bar = _bar(sum(len(_expected(cfg, run.model)) for run in runs), args.quiet)
-    results = _results(args.config, cfg, rows, records)
+    rows: list[dict] = []  # this command's rows and records; other models' are read at writes
+    records: dict = {}
+    results = _merge(out, args.config, cfg, chosen, rows, records, plots=False)
     for run in runs:  # one model after the other
         t_start, load_start = time.perf_counter(), _load_avg()
         started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         task = sparse_tasks.make(run, data_dir=args.data_dir, corpus=args.corpus,
                                  cache=args.cache, quiet=args.quiet)
-        jobs = [("dense", 0.0, seed) for seed in range(cfg["seeds"])]
-        jobs += [(m, s, seed) for s in cfg["sparsities"] for m in methods[1:]
-                 for seed in range(cfg["seeds"])]
+        jobs = _jobs(cfg, run)
         for i, (method, s, seed) in enumerate(jobs):
             r = _train(method, s, run, seed, task)
             rows.append(r)
@@ -284,9 +306,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "wall_seconds": time.perf_counter() - t_start, "load_start": load_start,
                 "load_end": _load_avg(), "n_runs": i + 1, "finished": done,
                 "versions": _versions()}
-            results = _results(args.config, cfg, rows, records)
             # Written after every run, so a run stopped early keeps what it finished.
-            _write(out, results, plots=not args.no_plots and done)
+            results = _merge(out, args.config, cfg, chosen, rows, records,
+                             plots=not args.no_plots and done)
             if bar is not None:
                 score = (f"{100 * (1 - r['error']):.2f}%" if "error" in r
                          else f"ppl {r['ppl']:.3f}")
