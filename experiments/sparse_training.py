@@ -208,8 +208,9 @@ def _results(config: str, cfg: dict, rows: list[dict], records: dict) -> dict:
                    and records[run.model].get("finished", True)
                    and _expected(cfg, run.model) <= have for run in cfg["runs"])
     order = [run.model for run in cfg["runs"]]
-    models = sorted(records, key=lambda m: order.index(m) if m in order else len(order))
-    rows = sorted(rows, key=lambda r: (models.index(r["model"]), METHODS.index(r["method"]),
+    rank = lambda m: (order.index(m) if m in order else len(order), m)
+    models = sorted(records, key=rank)
+    rows = sorted(rows, key=lambda r: (rank(r["model"]), METHODS.index(r["method"]),
                                        r["sparsity"], r["seed"]))
     return {"config": config, "complete": complete,
             "runs_config": [records[m]["run"] for m in models],
