@@ -106,7 +106,8 @@ def table(results: dict) -> str:
                   f"min for {rec['n_runs']} runs; load average at the start "
                   f"{_load(rec['load_start'])}, at the end {_load(rec['load_end'])}.", ""]
         if not rec.get("finished", True):
-            lines += ["**Incomplete**: this model's run was stopped before it finished.", ""]
+            lines += ["**Incomplete**: this model's run had not finished (still running, or "
+                      "stopped) when this was written.", ""]
     if not results["complete"]:
         lines += ["**Incomplete**: a model of the config has not run (or ran with other "
                   "settings); see `complete` and `models` in results.json.", ""]
