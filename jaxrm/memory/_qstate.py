@@ -94,21 +94,24 @@ class BlockQuantized:
     mapping: str
 
 
-def _per_block(flat: jax.Array, block: int, fn: Callable[..., jax.Array], *rows: Any) -> list:
-    """``fn(part, *row_slices)`` on the whole blocks, shaped ``(blocks, block)``, and on
-    the shorter last block, shaped ``(1, rest)``, each with its rows of the per-block
-    arrays ``rows``: no padded copy of the tensor is made."""
-    whole = flat.size // block
-    parts = []
-    if whole:
-        parts.append(fn(flat[: whole * block].reshape(whole, block), *(r[:whole] for r in rows)))
-    if whole * block < flat.size:
-        parts.append(fn(flat[whole * block :].reshape(1, -1), *(r[whole:] for r in rows)))
-    return parts
+def _blocks(flat: jax.Array, block: int) -> jax.Array:
+    """``flat`` as ``(blocks, block)``, the last block zero-padded.
+
+    The pad is cheap elementwise index arithmetic that XLA fuses into each
+    consumer (the block reduction, the encoding, the decoding), so no padded
+    or sliced copy of the tensor is written (splitting the whole blocks from
+    the shorter last one, as before, made XLA copy the whole blocks out)."""
+    blocks = -(-flat.size // block)
+    pad = blocks * block - flat.size
+    return (jnp.pad(flat, (0, pad)) if pad else flat).reshape(blocks, block)
 
 
-def _cat(parts: list) -> jax.Array:
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+def _max_min(b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-row max and min of ``b`` in one variadic reduction (one pass over ``b``)."""
+    return jax.lax.reduce(
+        (b, b), (np.float32(-np.inf), np.float32(np.inf)),
+        lambda x, y: (jnp.maximum(x[0], y[0]), jnp.minimum(x[1], y[1])), (1,),
+    )
 
 
 # Coding by table lookups. A gather from a table that stays in cache, its index promised
@@ -123,8 +126,9 @@ def _cat(parts: list) -> jax.Array:
 # rank of the code nearest the cell's lower end and another those low bits (2^_SHIFT: no
 # midpoint), and rank = rank table + (low bits of a >= low table) is exactly the nearest
 # code, the argmin over the 256 codes of the numpy reference in the tests (a tie goes to
-# the larger magnitude). Two tables, each read once, let the compiler fuse both lookups
-# into the encoding loop (one table read twice is gathered into a buffer first). Cells
+# the larger magnitude). Both are packed into one uint32 table read once per entry, so
+# the compiler fuses the lookup into the encoding loop (one table read twice is gathered
+# into a buffer first; two tables cost two gathers). Cells
 # below 2^-24 (far under the smallest code's midpoint with 0) share the first cell.
 
 _SHIFT = 15
@@ -172,13 +176,22 @@ def _get(table: Any, index: jax.Array) -> jax.Array:
     return jnp.asarray(table).at[index].get(mode="promise_in_bounds")
 
 
+@functools.cache
+def _packed_encode_table() -> np.ndarray:
+    """Both encoding tables in one: ``rank | low << 8`` per cell, as ``uint32``.
+
+    One gather per entry from one table, read once: about 1.4x faster on a CPU
+    than the two gathers of the two narrow tables."""
+    ranks, lows = _encode_tables()
+    return ranks.astype(np.uint32) | (lows.astype(np.uint32) << 8)
+
+
 def _dynamic_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
     bits = jax.lax.bitcast_convert_type(jnp.abs(v), jnp.int32)  # ordered like |v| >= 0
     cell = jnp.clip((bits >> _SHIFT) - _FIRST, 0, _CELLS - 1)  # NaN and inf: the last
     cell = cell + unsigned.astype(jnp.int32) * _CELLS
-    ranks, lows = _encode_tables()
-    r = _get(ranks, cell).astype(jnp.int32)
-    r = r + ((bits & _LOW) >= _get(lows, cell).astype(jnp.int32)).astype(jnp.int32)
+    entry = _get(_packed_encode_table(), cell).astype(jnp.int32)  # < 2^25: no sign bit
+    r = (entry & 255) + ((bits & _LOW) >= (entry >> 8)).astype(jnp.int32)
     # signed: 0 is code 127, positive codes 128..255 (1.0 is the last), negative ones
     # 126..0 (the map has no -1: the most negative code is the nearest to it).
     # unsigned: a positive entry never becomes 0: the unsigned map codes second moments,
@@ -212,15 +225,16 @@ def _quantize(x: jax.Array, block: int, mapping: str) -> tuple[jax.Array, ...]:
     flat = x.reshape(-1).astype(jnp.float32)
     if flat.size == 0:
         return jnp.zeros(0, jnp.uint8), jnp.zeros(0, jnp.float32), jnp.asarray(True)
-    absmax = _cat(_per_block(flat, block, lambda b: jnp.max(jnp.abs(b), axis=1)))
-    unsigned = jnp.min(flat) >= 0
+    b = _blocks(flat, block)
+    # One pass for the block ranges: the max and min of each block give its absolute
+    # maximum and, over all blocks, the sign test (the zero padding changes neither).
+    hi, lo = _max_min(b)
+    absmax = jnp.maximum(hi, -lo)
+    unsigned = jnp.min(lo) >= 0
     scale = 1.0 / jnp.where(absmax > 0, absmax, 1.0)
-    to_codes = _CODERS[mapping][0]
-
-    def encode(b: jax.Array, s: jax.Array) -> jax.Array:
-        return to_codes(b * s[:, None], unsigned).reshape(-1)
-
-    return _cat(_per_block(flat, block, encode, scale)), absmax, unsigned
+    # One elementwise pass for the codes, cut back to the tensor's length.
+    codes = _CODERS[mapping][0](b * scale[:, None], unsigned)
+    return codes.reshape(-1)[: flat.size], absmax, unsigned
 
 
 def quantize_blocks(x: Any, *, block: int = 2048, mapping: str = "dynamic") -> BlockQuantized:
@@ -256,12 +270,8 @@ def dequantize_blocks(q: BlockQuantized) -> jax.Array:
 def _dequantize(q: BlockQuantized) -> jax.Array:
     if q.codes.size == 0:
         return jnp.zeros(q.shape, q.dtype)
-    to_values = _CODERS[q.mapping][1]
-
-    def decode(c: jax.Array, s: jax.Array) -> jax.Array:
-        return (to_values(c, q.unsigned) * s[:, None]).reshape(-1)
-
-    return _cat(_per_block(q.codes, q.block, decode, q.absmax)).reshape(q.shape).astype(q.dtype)
+    values = _CODERS[q.mapping][1](_blocks(q.codes, q.block), q.unsigned) * q.absmax[:, None]
+    return values.reshape(-1)[: q.codes.size].reshape(q.shape).astype(q.dtype)
 
 
 def _is_q(x: Any) -> bool:
