@@ -63,7 +63,7 @@ class BlockQuantized:
 # broadcast), else whole blocks with the last one zero-padded. A padded or sliced copy
 # would be one more pass, and the index arithmetic of a pad over a reshaped N-D tensor is
 # slower still; the view costs neither.
-_MIN_WIDTH = 64
+_MIN_WIDTH = 16
 
 
 def _width(size: int, block: int) -> int:

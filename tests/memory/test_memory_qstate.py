@@ -74,6 +74,7 @@ def test_codes_match_numpy_nearest(n, block, scale, power, signed, mapping, seed
     ((4097,), 2048),  # odd size: whole blocks, the last one zero-padded
     ((100, 48), 48),  # a block narrower than the rows' minimum: rows are the blocks
     ((3, 5, 7), 64),  # gcd 1: padded blocks
+    ((300, 100), 2048),  # gcd 16: rows of 16, 128 per block
 ])
 @pytest.mark.parametrize("signed", [True, False])
 def test_block_views_match_numpy_blockwise(shape, block, signed):
@@ -84,7 +85,7 @@ def test_block_views_match_numpy_blockwise(shape, block, signed):
     x = x.astype(np.float32)
     n = x.size
     width = _qstate._width(n, block)
-    assert width == block or (block % width == 0 and n % width == 0 and width >= 64)
+    assert width == block or (block % width == 0 and n % width == 0 and width >= 16)
     codes, back, absmax = numpy_blockwise(x, block, memory.dynamic_map(True),
                                           memory.dynamic_map(False))
     q = memory.quantize_blocks(x, block=block)
