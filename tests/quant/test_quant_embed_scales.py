@@ -172,3 +172,15 @@ def test_channel_axis_per_layer_under_scan_and_its_errors():
         quant.uniform(params, 8, axis="channel", where="bias")
     with np.testing.assert_raises_regex((ValueError, TypeError), "axis"):
         quant.uniform(params, 8, axis="rows")
+
+
+def test_channel_axis_with_groups_splits_each_row_of_a_table():
+    params = nn.Embed(16, 32).init(jax.random.key(0), jnp.zeros((1,), jnp.int32))["params"]
+    q = quant.uniform(params, 4, axis="channel", group_size=8)["embedding"]
+    table = np.asarray(params["embedding"], np.float32)
+    assert q.scale.shape == (16, 4) and q.group_size == 8
+    groups = table.reshape(16, 4, 8)
+    scale = (np.abs(groups).max(axis=2) / np.float32(7)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(q.scale), scale, rtol=2.5e-7, atol=0)
+    err = np.abs(np.asarray(quant.dequantize(q)) - table).reshape(16, 4, 8)
+    assert np.all(err <= scale[..., None] * (0.5 + 1e-5))
