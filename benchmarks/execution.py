@@ -299,6 +299,7 @@ def error_breakdown(tf, ids, key) -> None:
         "embedding only (per column)": err("embedding$", axis=-1),
         "head only": err("head/kernel"),
         "blocks only": err(r"block.*kernel"),
+        "blocks and head (what Qwix quantizes: the embedding stays float)": err(r"kernel$"),
         **{f"block {i} only": e for i, e in enumerate(blocks)},
         "q and k only (all blocks)": err(r"/(q|k)/kernel"),
         "v and o only": err(r"/(v|o)/kernel"),
