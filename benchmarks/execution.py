@@ -139,9 +139,10 @@ def jaxrm_variants(model, variables):
     def apply(p, x):
         return model.apply({"params": p, **rest}, x)
 
-    # Per output channel (the last axis of every Flax kernel, Dense and Conv);
-    # embeddings per row (their output is a row lookup); scanned kernels per layer.
-    axis = [("embedding$", 0), (".*", -1)]
+    # Per output channel, read off each leaf's layout (axis="channel"): the last axis
+    # of every Flax Dense and Conv kernel, the rows of the embedding (its output is a
+    # row lookup); scanned kernels per layer.
+    axis = "channel"
     stacked = [("^blocks/", 0), (".*", None)]
     int8 = quant.uniform(params, 8, axis=axis, stacked=stacked)
     int4 = quant.uniform(params, 4, axis=axis, group_size=128, pack=True, stacked=stacked)
@@ -269,34 +270,67 @@ def run_model(title, model, x, rounds, key, with_qwix=True, gpu=False, only=None
     return rows
 
 
+def _noise_like_rounding(params, q, key):
+    """``params`` plus independent uniform noise of each quantized leaf's step (+-step/2)."""
+    flat, treedef = jax.tree_util.tree_flatten(params)
+    qs = jax.tree_util.tree_leaves(q, is_leaf=quant.is_quantized)
+    out = [x + jax.random.uniform(jax.random.fold_in(key, i), x.shape, minval=-0.5,
+                                  maxval=0.5) * v.scale if quant.is_quantized(v) else x
+           for i, (x, v) in enumerate(zip(flat, qs))]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def error_breakdown(tf, ids, key) -> None:
     """Output error of int8 weight-only with one group of weights quantized at a time."""
     params = tf.init(key, ids)["params"]
     f = jax.jit(lambda p, x: tf.apply({"params": p}, x))
     y = np.asarray(f(params, ids))
-    axis = [("embedding$", 0), (".*", -1)]
 
-    def err(where, **kw):
-        q = quant.uniform(params, 8, axis=kw.pop("axis", axis), where=where, **kw)
-        return rel(np.asarray(f(quant.dequantize(q), ids)), y)
+    def err(where, p=None, **kw):
+        p = params if p is None else p
+        q = quant.uniform(p, 8, axis=kw.pop("axis", "channel"), where=where, **kw)
+        return rel(np.asarray(f(quant.dequantize(q), ids)), np.asarray(f(p, ids)))
 
     print(f"\n== int8 weight-only error by part ({tf.layers} blocks), load {os.getloadavg()}")
+    blocks = [err(rf"block_{i}/.*kernel") for i in range(tf.layers)]
     rows = {
         "everything (per channel, embedding per row)": err(None),
         "embedding only (per row)": err("embedding$"),
         "embedding only (per column)": err("embedding$", axis=-1),
         "head only": err("head/kernel"),
         "blocks only": err(r"block.*kernel"),
-        "first block only": err(r"block_0/.*kernel"),
-        "last block only": err(rf"block_{tf.layers - 1}/.*kernel"),
+        "blocks and head (what Qwix quantizes: the embedding stays float)": err(r"kernel$"),
+        **{f"block {i} only": e for i, e in enumerate(blocks)},
+        "q and k only (all blocks)": err(r"/(q|k)/kernel"),
+        "v and o only": err(r"/(v|o)/kernel"),
+        "up and down only": err(r"/(up|down)/kernel"),
         "everything, per tensor": err(None, axis=None),
         "everything, calibration='mse'": err(None, calibration="mse"),
         "everything, group_size=128": err(None, group_size=128),
         "everything, group_size=32": err(None, group_size=32),
     }
+    parts = [rows["embedding only (per row)"], rows["head only"], *blocks]
+    rows["quadrature of embedding, head and blocks"] = float(np.sqrt(np.sum(np.square(parts))))
+    noisy = _noise_like_rounding(params, quant.uniform(params, 8, axis="channel"),
+                                 jax.random.key(7))
+    rows["uniform noise of each step instead of rounding"] = rel(np.asarray(f(noisy, ids)), y)
+    d = params["Embed_0"]["embedding"].shape[1]
+    big = {**params, "Embed_0": {"embedding": params["Embed_0"]["embedding"] * np.sqrt(d)}}
+    rows["embedding x sqrt(d) (std 1): everything"] = err(None, p=big)
+    rows["embedding x sqrt(d) (std 1): blocks only"] = err(r"block.*kernel", p=big)
     for name, e in rows.items():
         print(f"{name:<46}{e:>10.2e}")
-    q = quant.dequantize(quant.uniform(params, 8, axis=axis))
+    _, inter = tf.apply({"params": params}, ids, capture_intermediates=True)
+    inter = inter["intermediates"]
+    prev = np.asarray(inter["Embed_0"]["__call__"][0])
+    print(f"rms of the embedding output {np.sqrt(np.mean(prev**2)):.3f}; what each block adds:",
+          end="")
+    for i in range(tf.layers):
+        out = np.asarray(inter[f"block_{i}"]["__call__"][0])
+        print(f" {np.sqrt(np.mean((out - prev) ** 2)):.3f}", end="")
+        prev = out
+    print(f"; the stream before the head {np.sqrt(np.mean(prev**2)):.3f}")
+    q = quant.dequantize(quant.uniform(params, 8, axis="channel"))
     for k in (("Embed_0", "embedding"), ("block_0", "up", "kernel"), ("head", "kernel")):
         get = lambda t, k=k: functools.reduce(lambda a, b: a[b], k, t)
         print(f"weight error {'/'.join(k):<33}{rel(get(q), get(params)):>10.2e}")

@@ -148,10 +148,11 @@ def targets(
 
 
 def grid_targets(
-    params: Any, where: jtree.Where, bits: Any, axis: Any, stacked: Any, **kw: Any
+    params: Any, where: jtree.Where, bits: Any, axis: Any, stacked: Any,
+    is_axis: Callable[[Any], bool] | None = None, **kw: Any,
 ) -> list[Target]:
     """``targets`` for the uniform grids (2 to 16 bits, a per-leaf ``axis``)."""
-    settings = {"axis": (axis, is_axis_like), **kw.pop("settings", {})}
+    settings = {"axis": (axis, is_axis or is_axis_like), **kw.pop("settings", {})}
     return targets(
         params, where, bits=bits, bits_range=(2, 16), settings=settings, stacked=stacked, **kw
     )

@@ -59,6 +59,29 @@ class Axes:
             return self.out[-1]
         return None
 
+    def channels(self, path: str, ndim: int) -> tuple[int, ...]:
+        """The axes one scale per output channel keeps (``axis="channel"``).
+
+        Dense and conv kernels: all their output axes (an attention kernel
+        ``(emb, heads, head_dim)`` gets one scale per ``(head, head_dim)``,
+        reducing over the contracted ``emb`` only). Embedding tables: their
+        rows (a lookup returns a row; a tied output projection contracts a
+        row's features), not the feature axis the layout names as output.
+
+        Raises:
+          ValueError: the layout names no output channel for the leaf.
+        """
+        if self.kind == "embedding":
+            rows = tuple(a for a in range(ndim) if a not in self.stacked + self.out)
+            if rows:
+                return rows
+        elif self.out:
+            return self.out
+        raise ValueError(
+            f"axis='channel' at leaf {path!r}: its layout names no output channel "
+            f"(kind {self.kind!r}); give it an int axis or None"
+        )
+
 
 def axes_of(tree: Any, stacked: Any, paths: set[str]) -> dict[str, Axes]:
     """Stacked, output and contracted axes of the leaves at ``paths``.

@@ -37,8 +37,19 @@ def _reduce_axes(ndim: int, keep: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(i for i in range(ndim) if i not in keep)
 
 
-def _keep_axes(axis: int | None, stacked: tuple[int, ...] = ()) -> tuple[int, ...]:
-    return tuple(sorted(set(stacked) | ({axis} if axis is not None else set())))
+def _keep_axes(axis: int | tuple[int, ...] | None, stacked: tuple[int, ...] = ()
+               ) -> tuple[int, ...]:
+    channel = () if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(sorted(set(stacked) | set(channel)))
+
+
+CHANNEL = "channel"
+
+
+def is_axis_setting(x: Any) -> bool:
+    """A per-leaf ``axis`` value: ``None``, an int, or ``"channel"``."""
+    return (isinstance(x, str) and x == CHANNEL) or _common.is_axis_like(x)
+
 
 
 def _split_groups(x, axis: int, size: int):
@@ -162,13 +173,15 @@ def _quantize(
     group=None,
     mask=None,
     pack=False,
+    keep=None,
 ):
+    channel = keep if keep is not None else axis
     pack = bool(pack and bits <= 4 and x.ndim > 0 and x.shape[-1] % 2 == 0)
     if _uniform_host.applies(x, mask, calibration, group, pack):
         # Eager on the host: numpy, no compilation for a few passes of work (and
         # device_put, which compiles nothing, where jnp.asarray compiles per shape).
         values, scale, zero_point = (jax.device_put(a) for a in _uniform_host.quantize(
-            x, mask, bits, symmetric, _keep_axes(axis, stacked), tuple(stacked)))
+            x, mask, bits, symmetric, _keep_axes(channel, stacked), tuple(stacked)))
         return QArray(values, scale, zero_point, mask=mask,
                       bits=bits, axis=axis, dtype=str(x.dtype), packed=False, group_size=None)
     x = jnp.asarray(x)
@@ -179,7 +192,7 @@ def _quantize(
         mask,
         jnp.int32(bits),
         symmetric=symmetric,
-        keep=_keep_axes(axis, stacked),
+        keep=_keep_axes(channel, stacked),
         group=group,
         calibration=calibration,
         percentile=percentile,
@@ -266,8 +279,12 @@ def uniform(
         structure holding ints (``None`` leaves stay float), or a callable
         ``(path, leaf) -> int | None``.
       symmetric: signed grid with zero point 0, or unsigned grid with a zero point.
-      axis: ``None`` for one scale per tensor, or the per-channel axis (e.g.
-        ``-1`` for the output features of a Flax kernel).
+      axis: ``None`` for one scale per tensor, the per-channel axis (e.g.
+        ``-1`` for the output features of a Flax kernel), or ``"channel"``:
+        one scale per output channel read off each leaf's layout (all output
+        axes of a kernel, so ``(heads, head_dim)`` of an attention kernel
+        ``(emb, heads, head_dim)``; the rows of an embedding table, which an
+        int ``-1`` would not give); a per-leaf setting.
       calibration: ``"minmax"``, ``"percentile"`` or ``"mse"``.
       percentile: the percentile in ``(50, 100]`` used by ``"percentile"``.
       where: which leaves to quantize (see ``jaxrm.tree.select``); default:
@@ -285,7 +302,8 @@ def uniform(
 
     Raises:
       ValueError: ``bits`` out of range, unknown ``calibration``, bad
-        ``percentile`` or ``axis``, NaN/Inf in a selected leaf, a ``bits``
+        ``percentile`` or ``axis`` (``"channel"`` on a leaf whose layout
+        names no output channel, e.g. a bias), NaN/Inf in a selected leaf, a ``bits``
         pytree of another structure, or ``where`` selecting nothing.
       TypeError: ``where`` selects an integer or non-array leaf, or ``bits`` is
         not an int.
@@ -299,11 +317,17 @@ def uniform(
     mask_of = _common.masks_by_path(params, masks)
     new = {}
     group_setting = {"group_size": (group_size, _common.is_axis_like)}
-    for t in _common.grid_targets(params, where, bits, axis, stacked, settings=group_setting):
-        ax = _common.check_axis(t.path, t.leaf, t.settings["axis"])
+    for t in _common.grid_targets(params, where, bits, axis, stacked, settings=group_setting,
+                                  is_axis=is_axis_setting):
+        if isinstance(t.settings["axis"], str):
+            keep = t.axes.channels(t.path, t.leaf.ndim)
+            ax = keep[0]
+        else:
+            ax = _common.check_axis(t.path, t.leaf, t.settings["axis"])
+            keep = () if ax is None else (ax,)
         if ax is not None and ax in t.axes.stacked:
             raise ValueError(f"axis={ax} of leaf {t.path!r} is its stacked axis {t.axes.stacked}")
-        group = _group(t, t.settings["group_size"], ax, calibration)
+        group = _group(t, t.settings["group_size"], keep, calibration)
         new[t.path] = _quantize(
             t.leaf,
             t.bits,
@@ -315,11 +339,13 @@ def uniform(
             group=group,
             mask=mask_of(t.path, t.leaf),
             pack=pack,
+            keep=keep,
         )
     return _common.rebuild(params, where, new)
 
 
-def _group(t: _common.Target, size: Any, axis: int | None, calibration: str):
+
+def _group(t: _common.Target, size: Any, keep: tuple[int, ...], calibration: str):
     """``(axis, size)`` of the scale groups of leaf ``t``, or ``None``."""
     if size is None:
         return None
@@ -331,8 +357,8 @@ def _group(t: _common.Target, size: Any, axis: int | None, calibration: str):
             f"group_size at leaf {t.path!r}: the leaf of shape {tuple(t.leaf.shape)} has no "
             "contraction axis in its layout (leave it out of group_size)"
         )
-    if d == axis:
-        raise ValueError(f"group_size at leaf {t.path!r}: axis={axis} is the group axis")
+    if d in keep:
+        raise ValueError(f"group_size at leaf {t.path!r}: axis={d} is the group axis")
     n = t.leaf.shape[d]
     if calibration == "percentile" and n % int(size):
         raise ValueError(
