@@ -20,7 +20,7 @@ _SCORES = (("error", "accuracy", lambda e: 100 * (1 - e)), ("ppl", "ppl", float)
            ("bits_per_byte", "bits_per_byte", float))
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Writes ``path`` through a temporary file in its directory: never a partial file.
 
     Args:
