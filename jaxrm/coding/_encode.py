@@ -104,7 +104,7 @@ class _Writer:
         for group in self._groups():
             sym = np.concatenate([self.runs[i][1] for i in group])
             alphabet = max(self.runs[i][2] for i in group)
-            data, meta = _encode_stream(sym, alphabet, self.runs[group[0]][3])
+            data, meta = _streams.encode(sym, alphabet, self.runs[group[0]][3])
             meta["section"] = len(sections)
             sections.append(data)
             start = 0
@@ -129,15 +129,6 @@ class _Writer:
             flags, stored = mf.FLAG_ZLIB, packed
         header = mf.HEADER.pack(mf.MAGIC, mf.VERSION, flags, len(stored), zlib.crc32(stored))
         return b"".join([header, stored, *sections])
-
-
-def _encode_stream(sym: np.ndarray, alphabet: int, codec: str) -> tuple[bytes, dict]:
-    data, meta = _streams.encode(sym, alphabet, codec)
-    if meta["codec"] == "ans":  # rANS tables and lane states can cost more than they gain
-        alt, alt_meta = _streams.encode(sym, alphabet, "huffman")
-        if len(alt) <= len(data):
-            return alt, alt_meta
-    return data, meta
 
 
 # ------------------------------------------------------------------ tree

@@ -10,7 +10,7 @@ from conftest import normal_symbols
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxrm.coding import _ans, _ans_lanes, _freq
+from jaxrm.coding import _ans, _ans_lanes, _freq, _huffman, _streams
 from jaxrm.coding._bits import FormatError
 
 
@@ -250,3 +250,21 @@ def test_sections_are_byte_identical_to_the_earlier_writer(seed, n, alphabet, sp
     data = _ans.encode(sym, alphabet, (alphabet - 1).bit_length())
     assert hashlib.sha256(data).hexdigest()[:16] == digest
     np.testing.assert_array_equal(_ans.decode(data, n, alphabet, (alphabet - 1).bit_length()), sym)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([1, 3, 40, 2000]),
+    st.sampled_from([2, 32, 300]),
+    st.floats(0.02, 3.0),
+)
+def test_ans_streams_keep_the_smaller_coder(seed, n, alphabet, spread):
+    # Huffman is coded only where its size bounded from the histogram could win;
+    # the choice is the one coding both would make (Huffman on a tie).
+    sym = normal_symbols(seed, n, alphabet, spread)
+    width = (alphabet - 1).bit_length()
+    rans = _ans.encode(sym, alphabet, width)
+    huff = _huffman.encode(sym, alphabet, width)
+    data, meta = _streams.encode(sym, alphabet, "ans")
+    assert (data, meta["codec"]) == ((huff, "huffman") if len(huff) <= len(rans) else (rans, "ans"))
