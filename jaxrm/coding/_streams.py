@@ -7,7 +7,10 @@ import numpy as np
 from jaxrm.coding import _ans, _huffman
 from jaxrm.coding._bits import FormatError, bit_width, histogram, pack_fixed, unpack_fixed
 
-__all__ = ["CODECS", "ENTROPY_MODES", "MAX_ENTROPY_ALPHABET", "decode", "encode", "estimate_bits"]
+__all__ = [
+    "CODECS", "ENTROPY_MODES", "MAX_ENTROPY_ALPHABET", "decode", "encode", "estimate_bits",
+    "floor_bytes",
+]
 
 ENTROPY_MODES = {"huffman": "huffman", "ans": "ans", "none": "fixed"}
 CODECS = ("fixed", "huffman", "ans")
@@ -46,6 +49,17 @@ def encode(sym: np.ndarray, alphabet: int, codec: str) -> tuple[bytes, dict]:
             if len(alt) <= len(data):
                 data, codec = alt, "huffman"
     return data, {"codec": codec, "count": len(sym), "alphabet": alphabet}
+
+
+def floor_bytes(sym: np.ndarray, alphabet: int, codec: str) -> int:
+    """Bytes `encode` gives ``sym`` at least (exact for fixed width; 0 for rANS)."""
+    sym = np.asarray(sym).reshape(-1)
+    width = bit_width(alphabet - 1)
+    counts = histogram(sym, alphabet) if alphabet <= MAX_ENTROPY_ALPHABET else None
+    codec = _codec_for(codec, counts, alphabet)
+    if codec == "fixed":
+        return -(-len(sym) * width // 8) if width else 0
+    return _huffman.floor_bytes(counts, width) if codec == "huffman" else 0
 
 
 def decode(data: bytes | memoryview, meta: dict) -> np.ndarray:

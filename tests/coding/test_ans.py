@@ -268,3 +268,19 @@ def test_ans_streams_keep_the_smaller_coder(seed, n, alphabet, spread):
     huff = _huffman.encode(sym, alphabet, width)
     data, meta = _streams.encode(sym, alphabet, "ans")
     assert (data, meta["codec"]) == ((huff, "huffman") if len(huff) <= len(rans) else (rans, "ans"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 40, 2000]),
+    st.sampled_from([1, 2, 32, 300, 1 << 18]),
+    st.sampled_from(["fixed", "huffman", "ans"]),
+)
+def test_stream_floor_bounds_the_section_from_below(seed, n, alphabet, codec):
+    sym = normal_symbols(seed, n, alphabet, 1.0)
+    data, meta = _streams.encode(sym, alphabet, codec)
+    floor = _streams.floor_bytes(sym, alphabet, codec)
+    assert floor <= len(data)
+    if meta["codec"] == "fixed":
+        assert floor == len(data)
