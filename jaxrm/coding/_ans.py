@@ -52,18 +52,50 @@ def precision_for(n: int, m: int) -> int:
     return min(PRECISION, max(bit_width(m - 1) + 1, bit_width(n)))
 
 
-def _model(freq: np.ndarray, p: int):
-    weights = freq.astype(np.float64) * float(1 << (PRECISION - p)) - 1.0
+def _model(weights: np.ndarray):
     return constriction.stream.model.Categorical(weights, perfect=False)
 
 
-def _symbol_table(used: np.ndarray, width: int) -> bytes:
+def _weights(freq: np.ndarray, p: int) -> np.ndarray:
+    """``constriction``'s weights for the stored frequencies (see the module doc)."""
+    weights = freq * float(1 << (PRECISION - p))  # int64 * float: float64, exact
+    weights -= 1.0
+    return weights
+
+
+def _table(counts: np.ndarray, n: int, width: int):
+    """The used symbols, the section's head and the model's weights (``None`` if m < 2)."""
+    present = counts > 0
+    used = present.nonzero()[0]
+    m = len(used)
+    if m > MAX_SYMBOLS:
+        raise ValueError(f"{m} distinct symbols exceed the rANS limit of {MAX_SYMBOLS}")
+    if m < 2:
+        return used, _degenerate(used, width), None
+    p = precision_for(n, m)
+    freq = quantize(counts[used], p, positive=True)
+    if m <= _bits.SMALL:  # numpy's per-call cost would be most of the work
+        freq_list = freq.tolist()
+        w = bit_width(max(freq_list) - 1)
+        stored = _bits.pack_list([f - 1 for f in freq_list], w)
+        scale = float(1 << (PRECISION - p))
+        weights = np.array([f * scale - 1.0 for f in freq_list])  # _weights, exactly
+    else:
+        w = bit_width(int(freq.max()) - 1)
+        stored = pack_fixed(freq - 1, w)
+        weights = _weights(freq, p)
     a = int(used[-1]) + 1
-    if a <= len(used) * width:
-        bitmap = np.zeros(a, np.uint8)
-        bitmap[used] = 1
-        return b"\x00" + _bits.varint(a) + np.packbits(bitmap).tobytes()
-    return b"\x01" + _bits.varint(len(used)) + pack_fixed(used, width)
+    if a <= m * width:
+        table = b"\x00" + _bits.varint(a) + np.packbits(present[:a]).tobytes()
+    else:
+        table = b"\x01" + _bits.varint(m) + pack_fixed(used, width)
+    return used, _MARK + table + bytes([p, w]) + stored, weights
+
+
+def _degenerate(used, width: int) -> bytes:
+    if len(used) == 0:
+        return _MARK + b"\x01" + _bits.varint(0)
+    return _MARK + b"\x02" + _bits.varint(1) + _bits.pack_list([int(used[0])], width)
 
 
 def encode(
@@ -87,31 +119,21 @@ def encode(
     n = len(sym)
     if counts is None:
         counts = _bits.histogram(sym, alphabet)
-    used = np.flatnonzero(counts)
+    used, head, weights = _table(counts, n, width)
+    if weights is None:
+        return head
+    model = _model(weights)
     m = len(used)
-    if m > MAX_SYMBOLS:
-        raise ValueError(f"{m} distinct symbols exceed the rANS limit of {MAX_SYMBOLS}")
-    if m == 0:
-        return _MARK + b"\x01" + _bits.varint(0)
-    if m == 1:
-        return _MARK + b"\x02" + _bits.varint(1) + pack_fixed(used, width)
-    p = precision_for(n, m)
-    freq = quantize(counts[used], p)
-    w = bit_width(int(freq.max()) - 1)
-    head = (
-        _MARK
-        + _symbol_table(used, width)
-        + bytes([p, w])
-        + pack_fixed(freq - 1, w)
-    )
-    model = _model(freq, p)
-    dense = int(used[-1]) == m - 1  # symbols are their own ranks
-    rank = np.zeros(alphabet, np.int32)
-    rank[used] = np.arange(m, dtype=np.int32)
+    rank = None  # with no gaps below the largest used symbol, ranks are the symbols
+    if int(used[-1]) != m - 1:
+        rank = np.zeros(alphabet, np.int32)
+        rank[used] = np.arange(m, dtype=np.int32)
     coder = constriction.stream.stack.AnsCoder()
     for s, e in reversed(list(_bits.chunks(n))):
-        piece = sym[s:e].astype(np.int32) if dense else rank[sym[s:e]]
-        coder.encode_reverse(piece, model)
+        piece = sym[s:e]
+        coder.encode_reverse(
+            piece.astype(np.int32, copy=False) if rank is None else rank.take(piece), model
+        )
     words = coder.get_compressed()
     del coder
     return head + words.astype("<u4", copy=False).tobytes()
@@ -121,7 +143,7 @@ def _read_symbols(r: ByteReader, mode: int, alphabet: int, width: int) -> np.nda
     if mode == 0:
         a = r.varint(alphabet)
         bits = np.unpackbits(np.frombuffer(r.take(-(-a // 8)), np.uint8), count=a)
-        return np.flatnonzero(bits)
+        return bits.nonzero()[0]
     if mode in (1, 2):
         m = r.varint(min(alphabet, MAX_SYMBOLS))
         if mode == 2 and m != 1:
@@ -142,7 +164,7 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
       FormatError: the section is not a well-formed stream of ``count`` symbols.
     """
     data = memoryview(data)
-    if bytes(data[:4]) != _MARK:
+    if data[:4] != _MARK:
         return _ans_lanes.decode(data, count, alphabet, width)
     r = ByteReader(data)
     r.take(4)
@@ -158,8 +180,18 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     p, w = r.uint(1), r.uint(1)
     if not bit_width(m - 1) < p <= PRECISION or w > p:
         raise FormatError("bad rANS frequency precision")
-    freq = unpack_fixed(r.take(-(-m * w // 8)), m, w).astype(np.int64) + 1
-    if int(freq.sum()) != 1 << p:
+    stored = r.take(-(-m * w // 8))
+    if m <= _bits.SMALL:  # numpy's per-call cost would be most of the work
+        freq = _bits.unpack_list(stored, m, w)
+        total = sum(freq) + m
+        scale = float(1 << (PRECISION - p))
+        weights = np.array([f * scale + (scale - 1.0) for f in freq])  # _weights(freq + 1)
+    else:
+        freq = unpack_fixed(stored, m, w).astype(np.int64)
+        freq += 1
+        total = int(freq.sum())
+        weights = _weights(freq, p)
+    if total != 1 << p:
         raise FormatError(f"rANS frequencies do not sum to 2**{p}")
     rest = r.take(r.remaining())
     if len(rest) % 4:
@@ -168,11 +200,20 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     if len(words) and words[-1] == 0:
         raise FormatError("rANS word stream does not end in its head word")
     coder = constriction.stream.stack.AnsCoder(words)
-    model = _model(freq, p)
-    out = np.empty(count, np.uint32)
-    table = used.astype(np.uint32)
-    for s, e in _bits.chunks(count):
-        np.take(table, coder.decode(model, e - s), out=out[s:e], mode="clip")  # ranks < m
+    model = _model(weights)
+    # Ranks are below m; with no gaps in the used symbols they are the symbols.
+    table = None if int(used[-1]) == m - 1 else used.astype(np.uint32)
+    if count <= _bits._CHUNK:
+        ranks = coder.decode(model, count)
+        out = ranks.view(np.uint32) if table is None else table.take(ranks, mode="clip")
+    else:
+        out = np.empty(count, np.uint32)
+        for s, e in _bits.chunks(count):
+            ranks = coder.decode(model, e - s)
+            if table is None:
+                out[s:e] = ranks
+            else:
+                table.take(ranks, out=out[s:e], mode="clip")
     if not coder.is_empty():
         raise FormatError("rANS stream does not end in its initial state")
     return out

@@ -5,13 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_fixed", "unpack_fixed",
+    "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_fixed", "pack_list",
+    "unpack_fixed", "unpack_list",
     "varint",
 ]
 
 # Symbols are processed in chunks so that the (n, width) bit matrix stays small.
 _CHUNK = 1 << 20
-_SMALL = 64  # pack and unpack this few integers with Python ints
+SMALL = 64  # pack this few integers with Python ints
+# Place values of a ``width``-bit integer, MSB first: bits (uint8) dot these
+# give the integer in uint32 directly, with no wider temporary.
+_WEIGHTS = [np.left_shift(np.uint32(1), np.arange(w - 1, -1, -1, dtype=np.uint32))
+            for w in range(33)]
 
 
 class FormatError(ValueError):
@@ -36,12 +41,8 @@ def pack_fixed(symbols: np.ndarray, width: int) -> bytes:
         return b""
     if not 1 <= width <= 32:
         raise ValueError(f"width must be in [1, 32], got {width}")
-    if symbols.size <= _SMALL:  # tables of small streams: numpy's call overheads dominate
-        big = 0
-        for v in symbols.tolist():
-            big = (big << width) | v
-        nbits = symbols.size * width
-        return (big << (-nbits % 8)).to_bytes(-(-nbits // 8), "big")
+    if symbols.size <= SMALL:  # tables of small streams: numpy's call overheads dominate
+        return pack_list(symbols.tolist(), width)
     shifts = np.arange(width - 1, -1, -1, dtype=np.uint64)
     parts = []
     for start in range(0, symbols.size, _CHUNK):  # _CHUNK is a multiple of 8
@@ -49,6 +50,25 @@ def pack_fixed(symbols: np.ndarray, width: int) -> bytes:
         bits = ((chunk[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
         parts.append(np.packbits(bits.reshape(-1)))
     return np.concatenate(parts).tobytes()
+
+
+def pack_list(values: list[int], width: int) -> bytes:
+    """`pack_fixed` of a short Python list (its values below ``2**width``), in Python ints."""
+    big = 0
+    for v in values:
+        big = (big << width) | v
+    nbits = len(values) * width
+    return (big << (-nbits % 8)).to_bytes(-(-nbits // 8), "big")
+
+
+def unpack_list(data: bytes | memoryview, count: int, width: int) -> list[int]:
+    """`unpack_fixed` into a Python list, in Python ints: for short tables."""
+    nbits = count * width
+    if len(data) * 8 < nbits:
+        raise FormatError("fixed-width stream is shorter than its symbol count")
+    big = int.from_bytes(data[: -(-nbits // 8)], "big") >> (-nbits % 8)
+    top = (1 << width) - 1
+    return [(big >> (width * i)) & top for i in range(count - 1, -1, -1)]
 
 
 def unpack_fixed(data: bytes | memoryview, count: int, width: int) -> np.ndarray:
@@ -60,22 +80,16 @@ def unpack_fixed(data: bytes | memoryview, count: int, width: int) -> np.ndarray
     raw = np.frombuffer(data, np.uint8)
     if raw.size * 8 < count * width:
         raise FormatError("fixed-width stream is shorter than its symbol count")
-    if count <= _SMALL:
-        nbits = count * width
-        big = int.from_bytes(raw[: -(-nbits // 8)].tobytes(), "big") >> (-nbits % 8)
-        top = (1 << width) - 1
-        vals = [(big >> (width * i)) & top for i in range(count - 1, -1, -1)]
-        return np.asarray(vals, np.uint32)
-    weights = (np.uint64(1) << np.arange(width - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
+    weights = _WEIGHTS[width]
+    if count <= _CHUNK:  # one piece: no output buffer to fill
+        return np.unpackbits(raw, count=count * width).reshape(count, width).dot(weights)
     out = np.empty(count, np.uint32)
     for start in range(0, count, _CHUNK):
         n = min(_CHUNK, count - start)
         first_byte = start * width // 8
         nbytes = -(-n * width // 8)
         bits = np.unpackbits(raw[first_byte : first_byte + nbytes], count=n * width)
-        out[start : start + n] = (bits.reshape(n, width).astype(np.uint64) @ weights).astype(
-            np.uint32
-        )
+        out[start : start + n] = bits.reshape(n, width).dot(weights)
     return out
 
 
@@ -84,21 +98,24 @@ class ByteReader:
 
     def __init__(self, data: bytes | memoryview):
         self.data = memoryview(data)
+        if self.data.format != "B":  # index bytes, whatever view came in
+            self.data = self.data.cast("B")
         self.pos = 0
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
 
     def take(self, n: int) -> memoryview:
-        if n < 0 or n > self.remaining():
-            raise FormatError(
-                f"needs {n} bytes at offset {self.pos}, only {self.remaining()} remain"
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
+        pos = self.pos
+        if n < 0 or pos + n > len(self.data):
+            raise FormatError(f"needs {n} bytes at offset {pos}, only {self.remaining()} remain")
+        self.pos = pos + n
+        return self.data[pos : pos + n]
 
     def uint(self, nbytes: int) -> int:
+        if nbytes == 1 and self.pos < len(self.data):  # the common case, without a slice
+            self.pos += 1
+            return self.data[self.pos - 1]
         return int.from_bytes(self.take(nbytes), "little")
 
     def varint(self, limit: int) -> int:

@@ -98,13 +98,23 @@ class _Writer:
             members, hists = keep, [hists[members.index(i)] for i in keep]
         return members
 
+    def floor_bytes(self) -> int:
+        """Bytes `finish` writes at least: header, raw section and every stream's
+        section bounded from below by its histogram (the manifest counted as empty)."""
+        total = mf.HEADER.size + self.raw_length
+        for group in self._groups():
+            sym = np.concatenate([self.runs[i][1] for i in group])
+            alphabet = max(self.runs[i][2] for i in group)
+            total += _streams.floor_bytes(sym, alphabet, self.runs[group[0]][3])
+        return total
+
     def finish(self, leaves: list[dict]) -> bytes:
         sections: list[bytes] = []
         streams = []
         for group in self._groups():
             sym = np.concatenate([self.runs[i][1] for i in group])
             alphabet = max(self.runs[i][2] for i in group)
-            data, meta = _encode_stream(sym, alphabet, self.runs[group[0]][3])
+            data, meta = _streams.encode(sym, alphabet, self.runs[group[0]][3])
             meta["section"] = len(sections)
             sections.append(data)
             start = 0
@@ -129,15 +139,6 @@ class _Writer:
             flags, stored = mf.FLAG_ZLIB, packed
         header = mf.HEADER.pack(mf.MAGIC, mf.VERSION, flags, len(stored), zlib.crc32(stored))
         return b"".join([header, stored, *sections])
-
-
-def _encode_stream(sym: np.ndarray, alphabet: int, codec: str) -> tuple[bytes, dict]:
-    data, meta = _streams.encode(sym, alphabet, codec)
-    if meta["codec"] == "ans":  # rANS tables and lane states can cost more than they gain
-        alt, alt_meta = _streams.encode(sym, alphabet, "huffman")
-        if len(alt) <= len(data):
-            return alt, alt_meta
-    return data, meta
 
 
 # ------------------------------------------------------------------ tree
@@ -206,6 +207,12 @@ def _settings_of(tree, leaves, masks, entropy, index_bits):
 
 
 def _write(plan: list[tuple]) -> bytes:
+    w, entries = _planned(plan)
+    return w.finish(entries)
+
+
+def _planned(plan: list[tuple]) -> tuple[_Writer, list[dict]]:
+    """The records of ``plan``'s leaves and a writer holding their runs (nothing coded)."""
     w = _Writer()
     entries = []
     for path, leaf, mask, entropy, bits in plan:
@@ -216,7 +223,7 @@ def _write(plan: list[tuple]) -> bytes:
         entry = {"path": path}
         entry.update(make(w, path, leaf, mask, codec, bits))
         entries.append(entry)
-    return w.finish(entries)
+    return w, entries
 
 
 def encode(
@@ -278,7 +285,11 @@ def encode(
     plan = _settings_of(tree, leaves, masks, entropy, index_bits)
     data = _write(plan)
     if any(e == "ans" for *_, e, _ in plan):  # never larger than the same tree under Huffman
-        plain = _write([(*p[:3], "huffman" if p[3] == "ans" else p[3], p[4]) for p in plan])
+        w, entries = _planned([(*p[:3], "huffman" if p[3] == "ans" else p[3], p[4])
+                               for p in plan])
+        if len(data) <= w.floor_bytes():  # the Huffman file cannot be smaller: not written
+            return data
+        plain = w.finish(entries)
         if len(plain) < len(data):
             return plain
     return data

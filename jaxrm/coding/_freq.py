@@ -7,7 +7,7 @@ import numpy as np
 __all__ = ["entropy_bits", "quantize"]
 
 
-def quantize(counts: np.ndarray, precision: int) -> np.ndarray:
+def quantize(counts: np.ndarray, precision: int, *, positive: bool = False) -> np.ndarray:
     """Frequencies summing to ``2**precision``, at least 1 for every used symbol.
 
     Each frequency is the count's share rounded down, the remainder going to
@@ -18,21 +18,25 @@ def quantize(counts: np.ndarray, precision: int) -> np.ndarray:
       counts: non-negative integer histogram with at most ``2**precision``
         used symbols and at least one.
       precision: bits of the frequencies' total.
+      positive: the caller promises every count is positive (skips the masks
+        of unused symbols, which cost more than the arithmetic on small tables).
 
     Returns:
       ``int64`` frequencies, 0 exactly where ``counts`` is 0.
     """
     counts = np.asarray(counts, np.int64)
     top = 1 << precision
-    used = counts > 0
-    total = int(counts.sum())
-    exact = counts * (top / total)
+    exact = counts * (top / int(counts.sum()))
     f = exact.astype(np.int64)  # the floor: shares are non-negative
-    np.maximum(f, used, out=f)  # at least 1 for every used symbol, 0 elsewhere
+    if positive:
+        np.maximum(f, 1, out=f)
+    else:
+        used = counts > 0
+        np.maximum(f, used, out=f)  # at least 1 for every used symbol, 0 elsewhere
     diff = top - int(f.sum())
     if diff > 0:  # hand out the remainder by the largest rounding losses
         neg_loss = f - exact  # ascending order of this: largest loss first
-        if not used.all():
+        if not positive and not used.all():
             neg_loss[~used] = np.inf
         f[np.argsort(neg_loss, kind="stable")[:diff]] += 1
     while diff < 0:  # clipping at 1 overshot: take from the largest

@@ -37,7 +37,7 @@ from jaxrm.coding._bits import (
 
 __all__ = [
     "MAX_LEN", "MAX_STEPS", "canonical_codes", "code_lengths", "cost", "decode", "encode",
-    "lane_layout",
+    "floor_bytes", "lane_layout",
 ]
 
 MAX_LEN = 20  # longest code; windows of MAX_LEN + 7 bits fit a uint32
@@ -197,6 +197,14 @@ def _table(lengths: np.ndarray, width: int, counts: np.ndarray) -> bytes:
         + pack_fixed(used, width)
         + pack_fixed(lengths[used], 5)
     )
+
+
+def floor_bytes(counts: np.ndarray, width: int) -> int:
+    """Bytes an `encode` section of this histogram takes at least: all of it but
+    the lane offsets, from the histogram alone (no coding)."""
+    lengths = code_lengths(counts)
+    total = int((counts * lengths).sum())
+    return len(_table(lengths, width, counts)) + 10 + -(-total // 8)
 
 
 def encode(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from jaxrm.coding import _ans, _huffman
-from jaxrm.coding._bits import FormatError, bit_width, pack_fixed, unpack_fixed
+from jaxrm.coding._bits import FormatError, bit_width, histogram, pack_fixed, unpack_fixed
 
-__all__ = ["CODECS", "ENTROPY_MODES", "MAX_ENTROPY_ALPHABET", "decode", "encode", "estimate_bits"]
+__all__ = [
+    "CODECS", "ENTROPY_MODES", "MAX_ENTROPY_ALPHABET", "decode", "encode", "estimate_bits",
+    "floor_bytes",
+]
 
 ENTROPY_MODES = {"huffman": "huffman", "ans": "ans", "none": "fixed"}
 CODECS = ("fixed", "huffman", "ans")
@@ -25,22 +28,38 @@ def _codec_for(codec: str, counts: np.ndarray | None, alphabet: int) -> str:
 
 
 def encode(sym: np.ndarray, alphabet: int, codec: str) -> tuple[bytes, dict]:
-    """Codes integers in ``[0, alphabet)``; returns the section and its manifest entry."""
+    """Codes integers in ``[0, alphabet)``; returns the section and its manifest entry.
+
+    ``codec="ans"`` keeps rANS only where its section is smaller than Huffman's
+    (Huffman on a tie). Huffman is coded too only where its size, bounded from
+    below by the histogram, could come out no larger than the rANS section.
+    """
     sym = np.asarray(sym).reshape(-1)
     width = bit_width(alphabet - 1)
-    counts = (
-        np.bincount(sym.astype(np.int64), minlength=alphabet)
-        if alphabet <= MAX_ENTROPY_ALPHABET
-        else None
-    )
+    counts = histogram(sym, alphabet) if alphabet <= MAX_ENTROPY_ALPHABET else None
     codec = _codec_for(codec, counts, alphabet)
     if codec == "fixed":
         data = pack_fixed(sym, width)
     elif codec == "huffman":
-        data = _huffman.encode(sym, alphabet, width)
+        data = _huffman.encode(sym, alphabet, width, counts=counts)
     else:
-        data = _ans.encode(sym, alphabet, width)
+        data = _ans.encode(sym, alphabet, width, counts=counts)
+        if len(data) >= _huffman.floor_bytes(counts, width):
+            alt = _huffman.encode(sym, alphabet, width, counts=counts)
+            if len(alt) <= len(data):
+                data, codec = alt, "huffman"
     return data, {"codec": codec, "count": len(sym), "alphabet": alphabet}
+
+
+def floor_bytes(sym: np.ndarray, alphabet: int, codec: str) -> int:
+    """Bytes `encode` gives ``sym`` at least (exact for fixed width; 0 for rANS)."""
+    sym = np.asarray(sym).reshape(-1)
+    width = bit_width(alphabet - 1)
+    counts = histogram(sym, alphabet) if alphabet <= MAX_ENTROPY_ALPHABET else None
+    codec = _codec_for(codec, counts, alphabet)
+    if codec == "fixed":
+        return -(-len(sym) * width // 8) if width else 0
+    return _huffman.floor_bytes(counts, width) if codec == "huffman" else 0
 
 
 def decode(data: bytes | memoryview, meta: dict) -> np.ndarray:

@@ -33,6 +33,7 @@ _HALF = 16
 _BINS = 1 << _HALF
 _LOW = _BINS - 1
 _SAMPLE = 1 << 16  # scores sampled to bracket the threshold on the host
+_MARKERS = 1 << 22  # leaf-offset marker entries (bools) before static slices take over
 
 
 # --------------------------------------------------------------------------
@@ -95,31 +96,44 @@ def _kth_key(keys: list[jax.Array], k: jax.Array):
     return t, above + above_low, low[b2]
 
 
-def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
-    """Flags of the ``k`` highest keys over all flat ``keys`` arrays (exact, ties by index)."""
+def _indices(keys: list[jax.Array]) -> list[jax.Array]:
+    """Flat indices of ``keys``' entries, counted across the arrays in order."""
+    out, offset = [], 0
+    for kk in keys:
+        out.append(jnp.arange(kk.size, dtype=jnp.uint32).reshape(kk.shape) + jnp.uint32(offset))
+        offset += kk.size
+    return out
+
+
+def _threshold(keys: list[jax.Array], k: jax.Array):
+    """``(t, t_index, keep_ties)``: the scalars `_flags` needs to keep exactly the ``k``
+    highest keys over all ``keys`` (ties by flat index)."""
     k = jnp.asarray(k, jnp.int32)
     t, greater, ties = _kth_key(keys, k)
     wanted_ties = k - greater
-
-    def all_ties():
-        return [kk >= t for kk in keys]
 
     def first_ties():
         # The first ``wanted_ties`` ties by flat index are the highest of the keys
         # ``~index`` among the ties (other entries 0): a second radix selection,
         # unique keys, so no further ties (and no cumsum, slow to compile on CPU).
-        eq, ranks, offset = [], [], 0
-        for kk in keys:
-            e = kk == t
-            index = jnp.arange(kk.size, dtype=jnp.uint32) + jnp.uint32(offset)
-            eq.append(e)
-            ranks.append(jnp.where(e, ~index, jnp.uint32(0)))
-            offset += kk.size
-        t_index = _kth_key(ranks, wanted_ties)[0]
-        return [(kk > t) | (e & (r >= t_index) & (wanted_ties > 0))
-                for kk, e, r in zip(keys, eq, ranks)]
+        ranks = [jnp.where(kk == t, ~index, jnp.uint32(0))
+                 for kk, index in zip(keys, _indices(keys))]
+        return _kth_key(ranks, wanted_ties)[0]
 
-    return jax.lax.cond(wanted_ties == ties, all_ties, first_ties)
+    # All ties wanted: ``~index >= 0`` keeps every one.
+    t_index = jax.lax.cond(wanted_ties == ties, lambda: jnp.uint32(0), first_ties)
+    return t, t_index, wanted_ties > 0
+
+
+def _flags(kk: jax.Array, index: jax.Array, t, t_index, keep_ties) -> jax.Array:
+    """Keep-flags from `_threshold`'s scalars (or arrays broadcasting against ``kk``)."""
+    return (kk > t) | ((kk == t) & (~index >= t_index) & keep_ties)
+
+
+def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
+    """Flags of the ``k`` highest keys over all flat ``keys`` arrays (exact, ties by index)."""
+    t, t_index, keep = _threshold(keys, k)
+    return [_flags(kk, index, t, t_index, keep) for kk, index in zip(keys, _indices(keys))]
 
 
 def _select_host_one(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
@@ -226,19 +240,46 @@ def _device_rows(rows, ks) -> list[jax.Array]:
 
     def one(args):
         row, k = args
-        return _select([_keys(row)], k)[0]
+        return _threshold([_keys(row)], k)
 
-    for idx in by_n.values():
+    for n, idx in by_n.items():
         scores = jnp.concatenate([rows[i].astype(jnp.float32) for i in idx])
         k = jnp.concatenate([jnp.asarray(ks[i], jnp.int32).reshape(-1) for i in idx])
         if jax.default_backend() == "cpu":
-            flags = jax.lax.map(one, (scores, k))
+            t, t_index, keep = jax.lax.map(one, (scores, k))
         else:
-            flags = jax.vmap(lambda row, kk: one((row, kk)))(scores, k)
-        start = 0
-        for i in idx:
-            out[i] = flags[start : start + rows[i].shape[0]]
-            start += rows[i].shape[0]
+            t, t_index, keep = jax.vmap(lambda row, kk: one((row, kk)))(scores, k)
+        # The loop gives the per-row scalars only (a cond in it picks a scalar, not
+        # an array); the flags of all rows are then one elementwise pass.
+        flags = _flags(_keys(scores), jnp.arange(n, dtype=jnp.uint32), t[:, None],
+                       t_index[:, None], keep[:, None])
+        for i, part in zip(idx, _cut(flags, [rows[i].shape[0] for i in idx])):
+            out[i] = part
+    return out
+
+
+def _cut(values: jax.Array, sizes: list[int]) -> list[jax.Array]:
+    """``values`` (``sum(sizes)`` rows) cut into pieces of ``sizes`` rows.
+
+    XLA compiles one kernel per distinct computation and reuses it for identical
+    ones. A static slice bakes its offset into the code, so every leaf got its own
+    kernel and compilation grew with the number of leaves of one shape. Here the
+    offset is data, a constant marker row picking it out of an ``arange``, so
+    same-shape leaves share one kernel. Past a few million marker entries static
+    slices are cheaper.
+    """
+    total = sum(sizes)
+    offsets = np.cumsum([0, *sizes[:-1]])
+    if total * len(sizes) > _MARKERS:
+        return [values[o : o + s] for o, s in zip(offsets, sizes)]
+    # The barrier keeps XLA from folding marker and arange back into constant offsets.
+    iota = jax.lax.optimization_barrier(jnp.arange(total, dtype=jnp.int32))
+    out = []
+    for o, s in zip(offsets, sizes):
+        marker = np.zeros(total, bool)
+        marker[o] = True
+        start = jnp.sum(jnp.where(marker, iota, 0))
+        out.append(jax.lax.dynamic_slice_in_dim(values, start, s))
     return out
 
 

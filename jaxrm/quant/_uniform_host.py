@@ -21,6 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 
+_BLOCK = 1 << 16  # entries of the float buffer the levels pass through
+
 
 def applies(x: Any, mask: Any, calibration: str, group: Any, pack: bool) -> bool:
     """Whether ``quantize`` handles this leaf (else the compiled program does)."""
@@ -70,15 +72,25 @@ def _slice(x, mask, bits, symmetric, red, outs, recip_scale, recip_levels):
         scale = _divide(hi - lo, f32(qmax - qmin), recip_scale)
         scale = np.where(scale > 0, scale, f32(1)).astype(f32)
         zp = np.clip(np.rint(-lo / scale), qmin, qmax).astype(f32)
-    levels = _divide(x, scale, recip_levels).astype(f32, copy=False)
-    np.rint(levels, out=levels)
-    if not symmetric:
-        levels += zp
-    np.clip(levels, qmin, qmax, out=levels)
     values, scale_out, zp_out = outs
-    values[...] = levels  # exact: clipped integers
     scale_out[...] = scale
     zp_out[...] = zp
+    # The levels go a block of rows at a time through one small float buffer that
+    # stays in cache (no leaf-sized float temporary to allocate and page in).
+    divisor = np.float32(1) / scale if recip_levels else scale
+    rows = max(1, _BLOCK // max(1, x[0].size))
+    buf = np.empty((min(rows, x.shape[0]), *x.shape[1:]), f32)
+    per_row = divisor.shape[0] > 1  # a scale per leading index: cut it with the rows
+    for r in range(0, x.shape[0], rows):
+        xs = x[r : r + rows]
+        levels = buf[: len(xs)]
+        d = divisor[r : r + rows] if per_row else divisor
+        (np.multiply if recip_levels else np.divide)(xs, d, out=levels)
+        np.rint(levels, out=levels)
+        if not symmetric:
+            levels += zp[r : r + rows] if per_row else zp
+        np.clip(levels, qmin, qmax, out=levels)
+        values[r : r + rows] = levels  # exact: clipped integers
 
 
 def quantize(x, mask, bits: int, symmetric: bool, keep: tuple[int, ...], stacked: tuple[int, ...]):

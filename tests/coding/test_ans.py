@@ -1,6 +1,7 @@
 """Interleaved rANS: round trips, quantized frequencies, closeness to the entropy."""
 
 import bisect
+import hashlib
 import itertools
 
 import numpy as np
@@ -9,7 +10,7 @@ from conftest import normal_symbols
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxrm.coding import _ans, _ans_lanes, _freq
+from jaxrm.coding import _ans, _ans_lanes, _freq, _huffman, _streams
 from jaxrm.coding._bits import FormatError
 
 
@@ -228,3 +229,58 @@ def test_decoder_rejects_truncated_or_extended_streams(cut):
         _ans.decode(bad, 20_000, 32, 5)
     with pytest.raises(FormatError):
         _ans.decode(data, 19_999, 32, 5)
+
+
+@pytest.mark.parametrize(
+    "seed, n, alphabet, spread, digest",
+    [
+        (0, 1024, 32, 1.0, "9624bd19d8d3ec51"),  # every symbol used: ranks are symbols
+        (5, 1024, 64, 0.3, "8f17195b93749766"),  # a small table with gaps: bitmap
+        (1, 5000, 300, 1.0, "48032380faf9e19f"),  # more symbols than the Python-int tables take
+        (2, 3000, 70000, 0.05, "c08c6c5692dcb8e1"),
+        (6, 200, 1 << 20, 0.001, "bdeef07852c55a21"),  # sparse symbols: listed, not a bitmap
+        (3, 1000, 8, 0.01, "e1af5dd48654caf7"),  # one symbol
+        (4, 0, 8, 1.0, "588611f65741c171"),  # none
+    ],
+)
+def test_sections_are_byte_identical_to_the_earlier_writer(seed, n, alphabet, spread, digest):
+    # Digests of the bytes the writer made before its small-table fast paths:
+    # the format, and the frequencies chosen for a histogram, are unchanged.
+    sym = normal_symbols(seed, n, alphabet, spread)
+    data = _ans.encode(sym, alphabet, (alphabet - 1).bit_length())
+    assert hashlib.sha256(data).hexdigest()[:16] == digest
+    np.testing.assert_array_equal(_ans.decode(data, n, alphabet, (alphabet - 1).bit_length()), sym)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([1, 3, 40, 2000]),
+    st.sampled_from([2, 32, 300]),
+    st.floats(0.02, 3.0),
+)
+def test_ans_streams_keep_the_smaller_coder(seed, n, alphabet, spread):
+    # Huffman is coded only where its size bounded from the histogram could win;
+    # the choice is the one coding both would make (Huffman on a tie).
+    sym = normal_symbols(seed, n, alphabet, spread)
+    width = (alphabet - 1).bit_length()
+    rans = _ans.encode(sym, alphabet, width)
+    huff = _huffman.encode(sym, alphabet, width)
+    data, meta = _streams.encode(sym, alphabet, "ans")
+    assert (data, meta["codec"]) == ((huff, "huffman") if len(huff) <= len(rans) else (rans, "ans"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 40, 2000]),
+    st.sampled_from([1, 2, 32, 300, 1 << 18]),
+    st.sampled_from(["fixed", "huffman", "ans"]),
+)
+def test_stream_floor_bounds_the_section_from_below(seed, n, alphabet, codec):
+    sym = normal_symbols(seed, n, alphabet, 1.0)
+    data, meta = _streams.encode(sym, alphabet, codec)
+    floor = _streams.floor_bytes(sym, alphabet, codec)
+    assert floor <= len(data)
+    if meta["codec"] == "fixed":
+        assert floor == len(data)

@@ -22,6 +22,9 @@ def test_fixed_width_packing_matches_a_bit_string(width, count, seed):
     data = _bits.pack_fixed(vals, width)
     assert data == reference_pack(vals, width)
     np.testing.assert_array_equal(_bits.unpack_fixed(data, count, width), vals)
+    if count <= _bits.SMALL:  # the Python-int paths of short tables
+        assert _bits.pack_list(vals.tolist(), width) == data
+        assert _bits.unpack_list(data, count, width) == vals.tolist()
 
 
 @settings(max_examples=60, deadline=None)

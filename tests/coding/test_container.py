@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxrm import coding
-from jaxrm.coding import _decode
+from jaxrm.coding import _decode, _encode
 from jaxrm.quant import Codebook, QArray
 
 # ------------------------------------------------------------------ saves
@@ -190,6 +190,26 @@ def test_ans_is_never_larger_than_huffman_on_a_pruned_model():
     tree = _conv_fc_model(0)
     huff, ans = coding.encode(tree), coding.encode(tree, entropy="ans")
     assert len(ans) <= len(huff)  # 0.1: 39.7x vs 39.8x, ANS larger
+    jax.tree.map(np.testing.assert_array_equal, coding.decode(ans), coding.decode(huff))
+
+
+def test_ans_skips_the_huffman_file_where_its_lower_bound_is_larger(monkeypatch):
+    # Big 5-bit codebook streams: rANS gains more than the manifest and lane
+    # offsets cost, so the Huffman file's lower bound already exceeds the ANS
+    # file and it is not written.
+    rng = np.random.default_rng(3)
+    tree = {}
+    for name, shape in [("fc1", (784, 300)), ("fc2", (300, 100))]:
+        w = rng.normal(size=shape)
+        m = rng.random(shape) < 0.5
+        idx, cent = lloyd_codebook(w, 5, m, iters=2)
+        tree[name] = {"kernel": Codebook(idx, cent.astype(np.float32), m, bits=5)}
+    huff = coding.encode(tree)
+    calls = []
+    finish = _encode._Writer.finish
+    monkeypatch.setattr(_encode._Writer, "finish", lambda w, e: calls.append(1) or finish(w, e))
+    ans = coding.encode(tree, entropy="ans")
+    assert len(calls) == 1 and len(ans) < len(huff)
     jax.tree.map(np.testing.assert_array_equal, coding.decode(ans), coding.decode(huff))
 
 

@@ -129,3 +129,24 @@ def test_small_streams_have_small_headers():
     data = _huffman.encode(sym, 32, 5)
     # table (5 bits a length) + 15 bytes of lane header and padding
     assert len(data) <= reference_cost(counts) / 8 + 1 + 5 + 20 + 10 + 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 2, 30, 1000, 70_000]),
+    st.sampled_from([2, 32, 300, 5000]),
+    st.floats(0.02, 3.0),
+)
+def test_floor_bytes_bounds_the_section_from_below(seed, n, alphabet, spread):
+    sym = normal_symbols(seed, n, alphabet, spread)
+    width = (alphabet - 1).bit_length()
+    counts = np.bincount(sym, minlength=alphabet)
+    data = _huffman.encode(sym, alphabet, width)
+    floor = _huffman.floor_bytes(counts, width)
+    # all but the lane offsets: bit lengths of the lanes past the first, each below
+    # k * MAX_LEN, minus their smallest
+    total = int((counts * _huffman.code_lengths(counts)).sum())
+    lanes, k = _huffman.lane_layout(n, total)
+    offset_bits = (k * _huffman.MAX_LEN).bit_length()
+    assert floor <= len(data) <= floor + -(-(lanes - 1) * offset_bits // 8)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from prune_reference import top_k_reference
 
 from jaxrm import prune
-from jaxrm.prune import _leaves, _masks
+from jaxrm.prune import _leaves, _masks, _select
 
 shapes = st.lists(st.integers(1, 40), min_size=2, max_size=3).map(tuple)
 sparsities = st.floats(0.0, 0.999, allow_nan=False)
@@ -209,3 +209,29 @@ def test_benchmark_scale_global_masks_are_exact_on_both_paths():
         got = _masks.compute(plan, [0.9] * 20, "global", host=host)
         for g, r in zip(got, ref):
             np.testing.assert_array_equal(np.asarray(g), r)
+
+
+_device_rows = jax.jit(lambda rows, ks: _select.select(rows, ks, "layer", host=False))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.sampled_from([1, 3]),  # same-shape leaves, batched and cut back at data offsets
+    st.sampled_from([1, 2]),  # rows per leaf (a stacked leaf ranks each row alone)
+    st.sampled_from([5, 64]),
+    st.sampled_from(["normal", "ties", "nan"]),
+    st.integers(0, 2**32 - 1),
+)
+def test_device_rows_of_same_shape_leaves_match_brute_force(leaves, rows, n, kind, seed):
+    rng = np.random.default_rng(seed)
+    units = [rng.standard_normal((rows, n)).astype(np.float32) for _ in range(leaves)]
+    if kind == "ties":
+        units = [np.round(u) for u in units]
+    if kind == "nan":
+        for u in units:
+            u[rng.random(u.shape) < 0.3] = np.nan
+    ks = [rng.integers(0, n + 1, rows).astype(np.int32) for _ in range(leaves)]
+    got = _device_rows(units, ks)
+    for u, k, g in zip(units, ks, got):
+        want = np.stack([top_k_reference([row], int(kk))[0] for row, kk in zip(u, k)])
+        np.testing.assert_array_equal(np.asarray(g), want)
