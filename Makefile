@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # `pip install torch` would fetch a multi-GB CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: test test-all lint bench docs reproduce reproduce-all reproduce-llm reproduce-llm-qwix reproduce-sparse clean
+.PHONY: test test-all lint bench docs reproduce reproduce-all reproduce-llm reproduce-llm-qwix reproduce-sparse reproduce-sparse-lm clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,7 @@ reproduce-all: $(VENV)/.experiments
 	$(MAKE) reproduce-llm
 	$(MAKE) reproduce-llm-qwix
 	$(MAKE) reproduce-sparse
+	$(MAKE) reproduce-sparse-lm
 
 # One-shot compression of a small GPT on the KJV (Debian's bible-kjv-text); the float
 # model is trained once and cached under build/llm/; rewrites experiments/results/llm-compression/.
@@ -72,10 +73,15 @@ reproduce-llm: $(VENV)/.experiments
 reproduce-llm-qwix: $(VENV)/.experiments
 	$(PY) -m experiments.llm_compression --config full --qwix --only "GPTQ 4-bit (sym.)" "Qwix GPTQ 4-bit (sym.)" --out experiments/results/llm-compression-qwix
 
-# Sparse training from scratch (RigL, SET, static, STE, gradual pruning) on MNIST, 3 seeds;
-# rewrites experiments/results/sparse-training/.
+# Sparse training from scratch (RigL, SET, static, STE, gradual pruning) on MNIST
+# (LeNet-300-100, LeNet-5); replaces their rows in experiments/results/sparse-training/.
 reproduce-sparse: $(VENV)/.experiments
-	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" $(PY) -m experiments.sparse_training --config full
+	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" $(PY) -m experiments.sparse_training --config full --models lenet-300-100,lenet-5
+
+# The same methods on a small byte-level GPT (the KJV corpus of reproduce-llm); replaces
+# the LM's rows in experiments/results/sparse-training/.
+reproduce-sparse-lm: $(VENV)/.experiments
+	XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" $(PY) -m experiments.sparse_training --config full --models lm
 
 clean:
 	rm -rf $(VENV) site build .pytest_cache

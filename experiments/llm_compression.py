@@ -83,12 +83,17 @@ def windows(tokens: np.ndarray, length: int, count: int, rng=None) -> np.ndarray
     return np.stack([tokens[s : s + length] for s in starts])
 
 
+def optimizer(lr: float, steps: int) -> optax.GradientTransformation:
+    """AdamW (weight decay 0.01) after clipping to norm 1, warmup then cosine decay."""
+    warmup = min(50, steps // 10)
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
+
+
 def train(model, cfg, tokens, seed):
     init = jax.jit(model.init)  # one compile instead of one per initializer
     params = init(jax.random.key(seed), jnp.zeros((1, cfg["context"]), jnp.int32))["params"]
-    warmup = min(50, cfg["steps"] // 10)
-    sched = optax.warmup_cosine_decay_schedule(0.0, cfg["lr"], warmup, cfg["steps"])
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
+    opt = optimizer(cfg["lr"], cfg["steps"])
     state = opt.init(params)
 
     @jax.jit
