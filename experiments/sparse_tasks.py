@@ -12,9 +12,10 @@ held-out score and the ERK targets of its sparse leaves.
   held-out perplexity (and bits per byte). The sparse leaves are the blocks'
   matmuls (``llm_methods.WHERE``): embeddings, position table, output head and
   norms stay dense, as usual for Transformers. Their scanned kernels are
-  stacked on axis 0 (the blocks are user-named modules, so the stacking is
-  given, not inferred), and ERK reads each slice as the ``(fan_in, fan_out)``
-  matrix it multiplies by, not as a 3-D tensor with head axes.
+  stacked on axis 0 (``STACKED``: the MLP's are user-named ``nn.Dense``
+  modules, whose stacking is not inferred), and [jaxrm.prune.erk][] reads
+  each slice off its layout as the ``(fan_in, fan_out)`` matrix it multiplies
+  by, not as a 3-D tensor with head axes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import optax
 from experiments import data as mnist
 from experiments import gpt, kjv, llm_compression, llm_methods, models, train
 from jaxrm import prune
-from jaxrm import tree as jtree
 
 __all__ = ["LM", "Run", "Task", "make"]
 
@@ -82,6 +82,10 @@ class Task(NamedTuple):
     stacked: Any = None
 
 
+# The blocks' leaves under the unboxed nn.scan: axis 0 is the layer.
+STACKED = [(r"^blocks/", 0)]
+
+
 def optimizer(run: Run) -> optax.GradientTransformation:
     """The dense optimizer every method of ``run`` wraps."""
     if run.optimizer == "adamw":
@@ -113,33 +117,6 @@ def _mnist(run: Run, data_dir, quiet: bool) -> Task:
                 targets=lambda p, s: prune.erk(p, s))
 
 
-def _fan_in_axes(path: str) -> int:
-    """Input axes of one slice of a block kernel: ``o`` contracts (heads, head_dim)."""
-    return 2 if path.endswith("/o/kernel") else 1
-
-
-def matrix_erk(params: Any, sparsity: float, where: Any) -> Any:
-    """ERK over stacked kernels read as ``(layers, fan_in, fan_out)`` matrices.
-
-    Args:
-      params: the LM's params (only shapes are read).
-      sparsity: the overall sparsity of the selected leaves.
-      where: the selected leaves, each stacked on axis 0.
-
-    Returns:
-      Per-leaf sparsities (``None`` at unselected leaves), as [jaxrm.prune.erk][].
-    """
-    def view(path, x):
-        k = 1 + _fan_in_axes(path)
-        return jax.ShapeDtypeStruct((x.shape[0], math.prod(x.shape[1:k]),
-                                     math.prod(x.shape[k:])), x.dtype)
-
-    views = jtree.map_selected(view, params, where, otherwise=lambda p, x: None)
-    per = dict(jtree.leaves_with_paths(
-        prune.erk(views, sparsity, where=lambda p, x: x is not None, stacked=0)))
-    return jtree.map_selected(lambda p, x: per[p], params, where, otherwise=lambda p, x: None)
-
-
 def _lm(run: Run, corpus: Path | None, cache: Path) -> Task:
     if run.lm is None:
         raise ValueError(f"run {run.model!r} needs an LM shape (Run.lm)")
@@ -165,8 +142,9 @@ def _lm(run: Run, corpus: Path | None, cache: Path) -> Task:
                 init=lambda k: init(k, jnp.zeros((1, shape.context), jnp.int32))["params"],
                 loss=lambda p, tokens, consts: gpt.loss(model, p, tokens), consts=(),
                 batches=batches, evaluate=evaluate,
-                targets=lambda p, s: matrix_erk(p, s, where), where=where,
-                stacked=[(r"^blocks/", 0)])
+                targets=lambda p, s: prune.erk(p, s, where=where, stacked=STACKED),
+                where=where,
+                stacked=STACKED)
 
 
 def make(run: Run, *, data_dir=None, corpus: Path | None = None, cache: Path = kjv.CACHE,

@@ -229,3 +229,13 @@ def test_inputs_untouched():
     jtree.layouts(params)
     jtree.select(params)
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, params))
+
+
+def test_bare_pos_and_position_tables_are_not_weights():
+    # GPT-style code often names its learned position table `pos` or `position`;
+    # a weight that merely starts with "pos" (a `posterior` kernel) still counts.
+    t = {"pos": jnp.zeros((64, 16)), "position": jnp.zeros((64, 16)),
+         "embed": {"embedding": jnp.zeros((32, 16))},
+         "posterior": {"kernel": jnp.zeros((16, 16))}}
+    assert _chosen(t) == ["embed/embedding", "posterior/kernel"]
+    assert _chosen(t, "pos$") == ["pos"]  # explicit selection still reaches it

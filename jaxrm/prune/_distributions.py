@@ -38,6 +38,16 @@ def uniform(params: Any, sparsity: float, *, where: jtree.Where = None) -> Any:
     return p.tree([s] * len(p.picked))
 
 
+def _fan_dims(lay: jtree.Layout) -> tuple[int, ...]:
+    """The dimensions ERK scores: fan-in, fan-out and spatial axes, or the slice shape."""
+    if not (lay.out and lay.contract):
+        return lay.slice_shape
+    grouped = set(lay.stacked) | set(lay.out) | set(lay.contract)
+    spatial = tuple(d for a, d in enumerate(lay.shape) if a not in grouped)
+    return (math.prod(lay.shape[a] for a in lay.contract),
+            math.prod(lay.shape[a] for a in lay.out), *spatial)
+
+
 def erk(
     params: Any,
     sparsity: float,
@@ -54,7 +64,13 @@ def erk(
     is made dense (sparsity 0) and ``eps`` is solved again for the others,
     as in the reference implementation. Each slice of a stacked leaf is a
     layer of its own shape (so a scanned ``(L, d_in, d_out)`` kernel gets the
-    density of a ``(d_in, d_out)`` layer, not that of a 3-D tensor).
+    density of a ``(d_in, d_out)`` layer, not that of a 3-D tensor). Where the
+    leaf's layout names both its input and its output axes, the ``d_i`` are
+    the layer's fan-in (the product of the contracted axes), its fan-out (the
+    product of the output axes) and any other (spatial) axes, so an attention
+    kernel ``(emb, heads, head_dim)`` gets the density of the
+    ``(emb, heads * head_dim)`` matrix it is, whichever way it is stored
+    (reading its axes as a convolution's would make it almost uniform).
 
     Args:
       params: any parameter pytree (only shapes and dtypes are read).
@@ -76,7 +92,7 @@ def erk(
     s = float(_leaves.check_sparsity(sparsity))
     power = _checks.real(power, "power", minimum=0)
     p = _leaves.plan(params, where, stacked=stacked)
-    shapes = [lay.slice_shape for lay in p.layouts]
+    shapes = [_fan_dims(lay) for lay in p.layouts]
     sizes = [math.prod(lay.shape) for lay in p.layouts]
     # (sum d / prod d) ** power, divided by the largest of them (in log space, so a large
     # power cannot overflow; eps absorbs the common factor).

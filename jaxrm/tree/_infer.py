@@ -9,7 +9,7 @@ The rules (``docs/layouts.md`` has them as tables):
    [`STACKED_NAMES`][jaxrm.tree.STACKED_NAMES]; else, where the layer type fixes the rank of one
    layer's leaf (Equinox ``Linear``/``Conv``/``Embedding``/norms, Flax
    ``Dense_*``/``Embed_*``/``LayerNorm_*`` modules, attention ``query``/
-   ``key``/``value``/``out``, Gemma einsums), the extra leading axes; else none.
+   ``key``/``value``/``out`` (or ``q``/``k``/``v``/``o``), Gemma einsums), the extra leading axes; else none.
 2. The output and contracted axes of one slice follow the layer: Flax
    ``kernel`` ``(in, out)``, HWIO conv ``(..., in, out)``, attention
    ``(emb, heads, hd)`` / ``(heads, hd, emb)``, ``DenseGeneral`` ``(in, out...)``;
@@ -37,8 +37,8 @@ STACKED_NAMES = re.compile(
 )
 """Partition names that mark a stacked axis (``nn.PARTITION_NAME`` values)."""
 
-_QKV = re.compile(r"^(query|key|value)$")
-_ATTN_OUT = re.compile(r"^out$")
+_QKV = re.compile(r"^(query|key|value|q|k|v)$")
+_ATTN_OUT = re.compile(r"^(out|o)$")
 _DENSE = re.compile(r"^(Dense|Linear)(_\d+)?$")
 _GENERAL = re.compile(r"^(DenseGeneral|LinearGeneral)(_\d+)?$")
 _CONV = re.compile(r"^(Conv|ConvTranspose|ConvLocal)(_\d+)?$")

@@ -44,7 +44,7 @@ _NOT_WEIGHT_NAMES = frozenset(
 )
 # Path segments marking position embeddings and class/register tokens.
 _NOT_WEIGHT_SEGMENT = re.compile(
-    r"^(pos(ition)?(_?(emb|embed|embedding|embeddings|embs|enc|encoding)|embed_input)"
+    r"^(pos(ition)?(_?(emb|embed|embedding|embeddings|embs|enc|encoding)|embed_input)?"
     r"|posembed\w*|wpe|cls|cls_token|class_token|registers?|reg_tokens?|dist_token)$",
     re.IGNORECASE,
 )
@@ -75,7 +75,7 @@ def weights(path: str, leaf: Any) -> bool:
     A floating array with ``ndim >= 2`` is a weight unless its name says
     otherwise: biases (``bias``), norm parameters (``scale``, ``gamma``,
     ``beta``, a ``weight`` under a norm module), batch statistics, position
-    embeddings (``pos_embedding``, ``posembed_*``, ``wpe``, ...) and cls or
+    embeddings (``pos``, ``pos_embedding``, ``posembed_*``, ``wpe``, ...) and cls or
     register tokens are left out, stacked ``(L, d)`` or head-shaped
     ``(heads, head_dim)`` ones included. Flax ``kernel``/``embedding`` and
     Equinox/PyTorch ``weight`` leaves are weights.

@@ -124,3 +124,44 @@ def test_summary_on_masks_and_on_params():
     assert sp.density == pytest.approx(40 / 110)
     text = str(sp)
     assert "total" in text and "0.3000" in text and "(10, 10)" in text
+
+
+def test_erk_reads_attention_kernels_as_the_matrices_they_are():
+    # Linen attention under nn.scan: q/k/v (L, emb, heads, hd), o (L, heads, hd, emb),
+    # an MLP (L, emb, 4 emb). ERK must give each layer the density of its
+    # (fan_in, fan_out) matrix, the same as the 2-D Dense storing that layer.
+    from flax import linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            q, k, v = (nn.DenseGeneral((4, 8), name=n)(x) for n in "qkv")
+            o = nn.DenseGeneral(32, axis=(-2, -1), name="o")(q * k * v)
+            return x + o + nn.Dense(32, name="down")(nn.Dense(128, name="up")(x)), None
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                           length=3)
+            return scan(name="blocks")(x, None)[0]
+
+    params = Model().init(jax.random.key(0), jnp.zeros((1, 32)))["params"]
+    got = prune.erk(params, 0.9, stacked=[("^blocks/", 0)])["blocks"]
+    # the same layers as 2-D matrices (stacked on axis 0)
+    mats = {"q": (32, 32), "k": (32, 32), "v": (32, 32), "o": (32, 32),
+            "up": (32, 128), "down": (128, 32)}
+    flat = {n: {"kernel": jnp.zeros((3, *sh))} for n, sh in mats.items()}
+    want = prune.erk(flat, 0.9, stacked=0)
+    ref = _erk_reference([sh for sh in mats.values() for _ in range(3)], 0.9)
+    for i, n in enumerate(mats):
+        assert got[n]["kernel"] == pytest.approx(want[n]["kernel"], abs=1e-12), n
+        assert got[n]["kernel"] == pytest.approx(ref[3 * i], abs=1e-9), n
+    # attention's 32x32 matrices are denser than the 32x128 MLP ones, as ERK says
+    assert got["q"]["kernel"] < got["up"]["kernel"]
+    # the names q/k/v/o alone say the leading axis of their kernels is stacked
+    from jaxrm import tree as jtree
+
+    lays = dict(zip([p for p, _ in jtree.leaves_with_paths(params)], jtree.layouts(params)))
+    assert lays["blocks/q/kernel"] == jtree.Layout((3, 32, 4, 8), (0,), (2, 3), (1,), "dense")
+    assert lays["blocks/o/kernel"] == jtree.Layout((3, 4, 8, 32), (0,), (3,), (1, 2), "dense")
