@@ -14,8 +14,7 @@ optimizers timed alternately round by round (min and median), beside the
 time of one memcpy of the model's parameters and the machine's load average.
 Then, for a 25M-parameter Transformer LM (8 blocks, d=512; step time only)
 and for each model, the optimizer update alone (gradients given), so the
-coding's own cost shows beside the step's; and, on LeNet's 784 x 300 kernel,
-the 8-bit update built up piece by piece (decoding, block ranges, encoding).
+coding's own cost shows beside the step's.
 """
 
 import argparse
@@ -168,50 +167,6 @@ def time_steps(loss, params, txs, batch, n_rounds):
     return rounds(contenders, n_rounds)
 
 
-def update_parts(shape, n_rounds, block=2048):
-    """Adam on one leaf of ``shape`` in float, then with its 8-bit coding added piece by
-    piece (decoding; + the block-range reduction; + the encoding with the old ranges;
-    all of it), each a jitted function on both moments; and the fusions of the whole."""
-    from jaxrm.memory import _qmaps, _qstate
-
-    g = jax.random.normal(jax.random.key(0), shape) * 0.01
-    mu, nu = 0.5 * g, g * g
-    qm, qn = memory.quantize_blocks(mu, block=block), memory.quantize_blocks(nu, block=block)
-    dec = memory.dequantize_blocks
-
-    def adam(g, mu, nu):
-        mu, nu = 0.9 * mu + 0.1 * g, 0.999 * nu + 0.001 * g * g
-        return -1e-3 * mu / (jnp.sqrt(nu) + 1e-8), mu, nu
-
-    def ranges(x):
-        return _qstate._block_max_min(_qstate._rows(x.reshape(-1), block), block)
-
-    def encode_old_ranges(x, q):
-        v = _qstate._rows(x.reshape(-1), block)
-        s = _qstate._per_row(1.0 / q.absmax, v.shape[0], block // v.shape[1])
-        return _qmaps.CODERS["dynamic"][0](v * s[:, None], q.unsigned)
-
-    def coded(then):
-        return jax.jit(lambda g, a, b: (lambda u, m, n: (u, then(m, a), then(n, b)))(
-            *adam(g, dec(a), dec(b))))
-
-    fns = {
-        "float adam": (jax.jit(adam), (g, mu, nu)),
-        "decode + adam": (jax.jit(lambda g, a, b: adam(g, dec(a), dec(b))), (g, qm, qn)),
-        "+ block ranges": (coded(lambda m, q: ranges(m)), (g, qm, qn)),
-        "+ encoding (old ranges)": (coded(encode_old_ranges), (g, qm, qn)),
-        "8-bit update": (coded(lambda m, q: memory.quantize_blocks(m, block=block)),
-                         (g, qm, qn)),
-    }
-    text = fns["8-bit update"][0].lower(g, qm, qn).compile().as_text()
-    entry = text[text.index("ENTRY"):]
-    print(f"update of one {shape} leaf, piece by piece (the 8-bit update compiles to "
-          f"{entry.count(' fusion(')} fusions)")
-    contenders = {name: (lambda f=f, a=a: f(*a)) for name, (f, a) in fns.items()}
-    contenders["memcpy"] = memcpy([g])
-    table(rounds(contenders, n_rounds), "float adam")
-
-
 def report(title, loss, init, txs, runs, batch, n_rounds):
     print(f"\n== {title}")
     params = init(0)
@@ -267,8 +222,6 @@ def main():
     report("LeNet-300-100 (digits at 28x28)", closs,
            lambda s: net.init(jax.random.key(s), jnp.zeros((1, 784))),
            optimizers(1e-3), runs, runs[0][0][0], args.rounds)
-
-    update_parts((784, 300), 5 * args.rounds)
 
     big = CharLM(vocab, d=512, heads=8, layers=8, seq=seq)
     tokens = jnp.asarray(lm_batches(train_ids, seq, 4, 1, 0)[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -12,9 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrm.memory._qmaps import CODERS, MAPS, dynamic_map, linear_map
-
-__all__ = [  # the maps are re-exported from _qmaps, where they live
+__all__ = [
     "BlockQuantized",
     "QuantizedState",
     "dequantize_blocks",
@@ -23,6 +21,45 @@ __all__ = [  # the maps are re-exported from _qmaps, where they live
     "quantize_blocks",
     "quantized_state",
 ]
+
+
+@functools.cache
+def dynamic_map(signed: bool) -> np.ndarray:
+    """The 256-entry dynamic tree quantization map of Dettmers et al. (2022), sorted.
+
+    Each code is a power of ten (its exponent given by the count of leading
+    zero bits) times a linear fraction in (0.1, 1): decade ``10^(i-6)``, for
+    ``i = 0..6``, holds ``2^i`` fractions per sign (``2^(i+1)`` unsigned), so
+    precision is relative and spans seven orders of magnitude below the block's
+    absolute maximum. Plus ``0`` and ``1``: signed, 127 negative codes, 0 and
+    128 positive ones; unsigned, 0 and 255 positive ones.
+
+    Args:
+      signed: the signed map (first moments) or the unsigned one (second moments).
+
+    Returns:
+      A sorted float32 array of 256 values in ``[-1, 1]`` (``[0, 1]`` unsigned).
+    """
+    values = [0.0, 1.0]
+    for i in range(7):
+        items = 2**i if signed else 2 ** (i + 1)
+        edges = np.linspace(0.1, 1.0, items + 1)
+        means = (edges[:-1] + edges[1:]) / 2 * 10.0 ** (i - 6)
+        values += means.tolist()
+        if signed:
+            values += (-means).tolist()
+    return np.sort(np.asarray(values, np.float64)).astype(np.float32)
+
+
+@functools.cache
+def linear_map(signed: bool) -> np.ndarray:
+    """256 evenly spaced codes in ``[-1, 1]`` (with an exact 0) or ``[0, 1]``."""
+    if signed:
+        return np.append(np.linspace(-1.0, 1.0, 255), 1.0).astype(np.float32)
+    return np.linspace(0.0, 1.0, 256).astype(np.float32)
+
+
+_MAPS = {"dynamic": dynamic_map, "linear": linear_map}
 
 
 @functools.partial(
@@ -57,56 +94,117 @@ class BlockQuantized:
     mapping: str
 
 
-# Both passes over a tensor read it through a 2-D view whose rows each lie inside one
-# block: rows of gcd(size, block) entries where that is wide enough (a free reshape of the
-# tensor, however its size falls against the block; per-block scales reach each row by a
-# broadcast), else whole blocks with the last one zero-padded. A padded or sliced copy
-# would be one more pass, and the index arithmetic of a pad over a reshaped N-D tensor is
-# slower still; the view costs neither.
-_MIN_WIDTH = 16
+def _per_block(flat: jax.Array, block: int, fn: Callable[..., jax.Array], *rows: Any) -> list:
+    """``fn(part, *row_slices)`` on the whole blocks, shaped ``(blocks, block)``, and on
+    the shorter last block, shaped ``(1, rest)``, each with its rows of the per-block
+    arrays ``rows``: no padded copy of the tensor is made."""
+    whole = flat.size // block
+    parts = []
+    if whole:
+        parts.append(fn(flat[: whole * block].reshape(whole, block), *(r[:whole] for r in rows)))
+    if whole * block < flat.size:
+        parts.append(fn(flat[whole * block :].reshape(1, -1), *(r[whole:] for r in rows)))
+    return parts
 
 
-def _width(size: int, block: int) -> int:
-    """Entries per row of the view of a ``size``-entry tensor."""
-    w = math.gcd(size, block)
-    return w if w >= min(block, _MIN_WIDTH) else block
+def _cat(parts: list) -> jax.Array:
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
-def _rows(flat: jax.Array, block: int) -> jax.Array:
-    """``flat`` as rows of ``_width`` entries, each inside one block (zero-padded at the end
-    only when the rows are whole blocks)."""
-    w = _width(flat.size, block)
-    rows = -(-flat.size // w)
-    pad = rows * w - flat.size
-    return (jnp.pad(flat, (0, pad)) if pad else flat).reshape(rows, w)
+# Coding by table lookups. A gather from a table that stays in cache, its index promised
+# in bounds, costs about one cast per entry on a CPU; what is slow is a search (eight
+# dependent gathers) or a long chain of per-decade selects and exponentials.
+#
+# Encoding reads the nearest code off the bits of a = |x| / absmax in [0, 1]: the bits
+# shifted right by _SHIFT (the exponent and top mantissa bits) name a cell of relative
+# width 2^-8, narrower than any two neighbouring codes of either map are apart, so at
+# most one midpoint between codes falls inside a cell. That midpoint shares the cell's
+# high bits, so its low _SHIFT bits describe it exactly: per cell, one table holds the
+# rank of the code nearest the cell's lower end and another those low bits (2^_SHIFT: no
+# midpoint), and rank = rank table + (low bits of a >= low table) is exactly the nearest
+# code, the argmin over the 256 codes of the numpy reference in the tests (a tie goes to
+# the larger magnitude). Two tables, each read once, let the compiler fuse both lookups
+# into the encoding loop (one table read twice is gathered into a buffer first). Cells
+# below 2^-24 (far under the smallest code's midpoint with 0) share the first cell.
+
+_SHIFT = 15
+_LOW = (1 << _SHIFT) - 1
+_FIRST = int(np.float32(2.0**-24).view(np.int32)) >> _SHIFT
+_CELLS = (int(np.float32(1.0).view(np.int32)) >> _SHIFT) + 1 - _FIRST  # 2^-24 .. 1
 
 
-def _per_row(per_block: jax.Array, rows: int, per: int) -> jax.Array:
-    """Per-block values repeated for the ``per`` consecutive rows of each block."""
-    if per == 1:
-        return per_block
-    return jnp.broadcast_to(per_block[:, None], (per_block.size, per)).reshape(-1)[:rows]
+def _magnitudes(signed: bool) -> np.ndarray:
+    """The map's codes of one sign, from 0 upward (what encoding ranks |x| among)."""
+    table = dynamic_map(signed)
+    return table[table >= 0].astype(np.float32)
 
 
-def _max_min(b: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-row max and min of ``b`` in one variadic reduction (one pass over ``b``)."""
-    return jax.lax.reduce(
-        (b, b), (np.float32(-np.inf), np.float32(np.inf)),
-        lambda x, y: (jnp.maximum(x[0], y[0]), jnp.minimum(x[1], y[1])), (1,),
-    )
+@functools.cache
+def _encode_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(rank, low bits of the midpoint) per cell, signed cells then unsigned."""
+    cells = np.arange(_FIRST, _FIRST + _CELLS, dtype=np.int64)
+    lows = (cells << _SHIFT).astype(np.int32).view(np.float32)
+    highs = ((cells + 1) << _SHIFT).astype(np.int32).view(np.float32)
+    ranks, lows_out = [], []
+    for signed in (True, False):
+        mags = _magnitudes(signed).astype(np.float64)
+        exact = (mags[:-1] + mags[1:]) / 2
+        mids = exact.astype(np.float32)  # the least float32 >= each midpoint: a float32
+        mids = np.where(mids < exact, np.nextafter(mids, np.float32(2)), mids)  # is >= it
+        rank = np.searchsorted(mids, lows, side="right")  # midpoints <= the cell's start
+        inside = np.searchsorted(mids, highs, side="left") - rank  # midpoints in the cell
+        low = mids[np.minimum(rank, mids.size - 1)].view(np.int32) & _LOW
+        low = np.where(inside == 1, low, _LOW + 1)
+        if inside.max() > 1 or rank[0] != 0 or inside[0] != 0:  # properties of the maps
+            raise AssertionError("the encoding cells do not fit the map")
+        ranks.append(rank.astype(np.uint8))
+        lows_out.append(low.astype(np.uint16))
+    return np.concatenate(ranks), np.concatenate(lows_out)
 
 
-def _block_max_min(v: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
-    """Max and min of each block of the view ``v`` (rows first, then the few row results)."""
-    hi, lo = _max_min(v)
-    per = block // v.shape[1]
-    if per == 1:
-        return hi, lo
-    blocks = -(-v.shape[0] // per)
-    pad = blocks * per - v.shape[0]
-    hi = jnp.pad(hi, (0, pad), constant_values=-np.inf).reshape(blocks, per)
-    lo = jnp.pad(lo, (0, pad), constant_values=np.inf).reshape(blocks, per)
-    return jnp.max(hi, axis=1), jnp.min(lo, axis=1)
+@functools.cache
+def _decode_table() -> np.ndarray:
+    """Signed then unsigned code values: ``value = table[code + 256 * unsigned]``."""
+    return np.concatenate([dynamic_map(True), dynamic_map(False)])
+
+
+def _get(table: Any, index: jax.Array) -> jax.Array:
+    return jnp.asarray(table).at[index].get(mode="promise_in_bounds")
+
+
+def _dynamic_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
+    bits = jax.lax.bitcast_convert_type(jnp.abs(v), jnp.int32)  # ordered like |v| >= 0
+    cell = jnp.clip((bits >> _SHIFT) - _FIRST, 0, _CELLS - 1)  # NaN and inf: the last
+    cell = cell + unsigned.astype(jnp.int32) * _CELLS
+    ranks, lows = _encode_tables()
+    r = _get(ranks, cell).astype(jnp.int32)
+    r = r + ((bits & _LOW) >= _get(lows, cell).astype(jnp.int32)).astype(jnp.int32)
+    # signed: 0 is code 127, positive codes 128..255 (1.0 is the last), negative ones
+    # 126..0 (the map has no -1: the most negative code is the nearest to it).
+    # unsigned: a positive entry never becomes 0: the unsigned map codes second moments,
+    # and a moment rounded to 0 under a surviving first moment would divide by ~eps.
+    signed = jnp.where(v < 0, 127 - jnp.minimum(r, 127), 127 + r)
+    code = jnp.where(unsigned, jnp.maximum(r, (bits > 0).astype(jnp.int32)), signed)
+    return code.astype(jnp.uint8)
+
+
+def _dynamic_values(codes: jax.Array, unsigned: jax.Array) -> jax.Array:
+    return _get(_decode_table(), codes.astype(jnp.int32) + 256 * unsigned.astype(jnp.int32))
+
+
+def _linear_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
+    signed = jnp.clip(jnp.round((v + 1.0) * 127.0), 0, 254)
+    positive = jnp.clip(jnp.round(v * 255.0), 0, 255)
+    positive = jnp.where(v > 0, jnp.maximum(positive, 1), positive)  # as above
+    return jnp.where(unsigned, positive, signed).astype(jnp.uint8)
+
+
+def _linear_values(codes: jax.Array, unsigned: jax.Array) -> jax.Array:
+    c = codes.astype(jnp.float32)
+    return jnp.where(unsigned, c / 255.0, jnp.minimum(c / 127.0 - 1.0, 1.0))
+
+
+_CODERS = {"dynamic": (_dynamic_codes, _dynamic_values), "linear": (_linear_codes, _linear_values)}
 
 
 @functools.partial(jax.jit, static_argnames=("block", "mapping"))
@@ -114,17 +212,15 @@ def _quantize(x: jax.Array, block: int, mapping: str) -> tuple[jax.Array, ...]:
     flat = x.reshape(-1).astype(jnp.float32)
     if flat.size == 0:
         return jnp.zeros(0, jnp.uint8), jnp.zeros(0, jnp.float32), jnp.asarray(True)
-    v = _rows(flat, block)
-    # One pass for the block ranges: the max and min of each block give its absolute
-    # maximum and, over all blocks, the sign test (the zero padding changes neither).
-    hi, lo = _block_max_min(v, block)
-    absmax = jnp.maximum(hi, -lo)
-    unsigned = jnp.min(lo) >= 0
+    absmax = _cat(_per_block(flat, block, lambda b: jnp.max(jnp.abs(b), axis=1)))
+    unsigned = jnp.min(flat) >= 0
     scale = 1.0 / jnp.where(absmax > 0, absmax, 1.0)
-    # One elementwise pass for the codes, cut back to the tensor's length.
-    scale = _per_row(scale, v.shape[0], block // v.shape[1])
-    codes = CODERS[mapping][0](v * scale[:, None], unsigned)
-    return codes.reshape(-1)[: flat.size], absmax, unsigned
+    to_codes = _CODERS[mapping][0]
+
+    def encode(b: jax.Array, s: jax.Array) -> jax.Array:
+        return to_codes(b * s[:, None], unsigned).reshape(-1)
+
+    return _cat(_per_block(flat, block, encode, scale)), absmax, unsigned
 
 
 def quantize_blocks(x: Any, *, block: int = 2048, mapping: str = "dynamic") -> BlockQuantized:
@@ -160,10 +256,12 @@ def dequantize_blocks(q: BlockQuantized) -> jax.Array:
 def _dequantize(q: BlockQuantized) -> jax.Array:
     if q.codes.size == 0:
         return jnp.zeros(q.shape, q.dtype)
-    c = _rows(q.codes, q.block)
-    absmax = _per_row(q.absmax, c.shape[0], q.block // c.shape[1])
-    values = CODERS[q.mapping][1](c, q.unsigned) * absmax[:, None]
-    return values.reshape(-1)[: q.codes.size].reshape(q.shape).astype(q.dtype)
+    to_values = _CODERS[q.mapping][1]
+
+    def decode(c: jax.Array, s: jax.Array) -> jax.Array:
+        return (to_values(c, q.unsigned) * s[:, None]).reshape(-1)
+
+    return _cat(_per_block(q.codes, q.block, decode, q.absmax)).reshape(q.shape).astype(q.dtype)
 
 
 def _is_q(x: Any) -> bool:
@@ -189,8 +287,8 @@ def _check_args(bits: Any, block: Any, min_size: Any, mapping: Any) -> None:
         raise ValueError(f"min_size must be non-negative, got {min_size}")
     if not isinstance(mapping, str):
         raise TypeError(f"mapping must be a string, got {type(mapping).__name__}")
-    if mapping not in MAPS:
-        raise ValueError(f"mapping={mapping!r} is not one of {sorted(MAPS)}")
+    if mapping not in _MAPS:
+        raise ValueError(f"mapping={mapping!r} is not one of {sorted(_MAPS)}")
 
 
 def quantized_state(
