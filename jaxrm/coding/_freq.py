@@ -28,15 +28,15 @@ def quantize(counts: np.ndarray, precision: int, *, positive: bool = False) -> n
     top = 1 << precision
     exact = counts * (top / int(counts.sum()))
     f = exact.astype(np.int64)  # the floor: shares are non-negative
-    if positive:
+    used = None if positive else counts > 0
+    if used is None:
         np.maximum(f, 1, out=f)
     else:
-        used = counts > 0
         np.maximum(f, used, out=f)  # at least 1 for every used symbol, 0 elsewhere
     diff = top - int(f.sum())
     if diff > 0:  # hand out the remainder by the largest rounding losses
         neg_loss = f - exact  # ascending order of this: largest loss first
-        if not positive and not used.all():
+        if used is not None and not used.all():
             neg_loss[~used] = np.inf
         f[np.argsort(neg_loss, kind="stable")[:diff]] += 1
     while diff < 0:  # clipping at 1 overshot: take from the largest

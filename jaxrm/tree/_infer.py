@@ -9,7 +9,8 @@ The rules (``docs/layouts.md`` has them as tables):
    [`STACKED_NAMES`][jaxrm.tree.STACKED_NAMES]; else, where the layer type fixes the rank of one
    layer's leaf (Equinox ``Linear``/``Conv``/``Embedding``/norms, Flax
    ``Dense_*``/``Embed_*``/``LayerNorm_*`` modules, attention ``query``/
-   ``key``/``value``/``out`` (or ``q``/``k``/``v``/``o``), Gemma einsums), the extra leading axes; else none.
+   ``key``/``value``/``out`` (or ``q``/``k``/``v``/``o``), Gemma einsums),
+   the extra leading axes; else none.
 2. The output and contracted axes of one slice follow the layer: Flax
    ``kernel`` ``(in, out)``, HWIO conv ``(..., in, out)``, attention
    ``(emb, heads, hd)`` / ``(heads, hd, emb)``, ``DenseGeneral`` ``(in, out...)``;
