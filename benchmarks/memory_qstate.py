@@ -8,7 +8,8 @@ from the same initialisation and the same batches, three seeds each:
   64) on the text of this repository's docs (held-out tail for validation);
 * LeNet-300-100 (784-300-100-10) on scikit-learn's 8x8 digits upsampled to
   28x28 (MNIST's size; MNIST itself needs a download this script avoids).
-Prints the optimizer-state bytes of both, final train/validation loss (mean
+Prints the optimizer-state bytes of both, the compiled training step's
+argument and temporary bytes with each, final train/validation loss (mean
 and spread over seeds), and the time of one jitted training step, the two
 optimizers timed alternately round by round (min and median), beside the
 time of one memcpy of the model's parameters and the machine's load average.
@@ -183,6 +184,11 @@ def report(title, loss, init, txs, runs, batch, n_rounds):
         print(f"  {name:<11} final train loss {tr.mean():.4f} +- {tr.std():.4f}   "
               f"validation {va.mean():.4f} +- {va.std():.4f}   (seeds: "
               + ", ".join(f"{v:.4f}" for v in va) + ")")
+    for name, tx in txs.items():  # what the state saves must survive in the compiled step
+        m = make_step(loss, tx).lower(params, tx.init(params), batch).compile().memory_analysis()
+        args, temp = m.argument_size_in_bytes / 1e6, m.temp_size_in_bytes / 1e6
+        print(f"  compiled training step, {name:<11} arguments {args:8.1f} MB  "
+              f"temporaries {temp:8.1f} MB  sum {args + temp:8.1f} MB")
     notes = {"adam 8-bit": "target <= 1.15 x adam", "memcpy": "one pass over the parameters"}
     print("training step:")
     table(time_steps(loss, params, txs, batch, n_rounds), "adam", notes=notes)

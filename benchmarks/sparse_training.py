@@ -9,12 +9,21 @@ no mask changes (the count is set so that no update is due), and separately
 a RigL mask-update step. A memcpy of the weights is the one-memory-pass
 yardstick.
 
-Run: ``python benchmarks/sparse_training.py [--rounds N]``.
+``--chunks`` times instead the reproduction's own compiled chunks
+(``experiments.sparse_training``, dense, per step) for LeNet-5 and the LM,
+as a ``lax.scan`` loop and fully unrolled: XLA's CPU convolutions are much
+slower inside a loop body. It needs the cached MNIST and KJV corpus that
+``make reproduce-sparse`` / ``reproduce-sparse-lm`` fetch.
+
+Run: ``python benchmarks/sparse_training.py [--rounds N] [--chunks]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -56,10 +65,40 @@ def _stepper(tx, params, x, y, count, ste=False):
     return lambda: step(params, state)
 
 
+def chunks(n_rounds: int) -> None:
+    """Per-step time of the reproduction's compiled chunks, scanned and unrolled."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from experiments import sparse_tasks, sparse_training
+
+    conditions("sparse training: the reproduction's chunks, lax.scan loop vs unrolled")
+    contenders, steps = {}, {}
+    for run in sparse_training.CONFIGS["full"]["runs"][1:]:  # lenet-5, lm
+        for unroll in (False, True):
+            r = dataclasses.replace(run, unroll=unroll)
+            task = sparse_tasks.make(r)
+            params = task.init(jax.random.key(0))
+            tx_state = sparse_tasks.optimizer(r).init(params)  # "dense" is the bare optimizer
+            plan = task.batches(0, jax.random.key(0))[: r.chunk]
+            chunk = sparse_training._compiled("dense", 0.9, r, task)
+            jax.block_until_ready(chunk(params, tx_state, plan, task.consts))
+            name = f"{r.model} ({'unrolled' if unroll else 'lax.scan'}, {r.chunk} steps)"
+            contenders[name] = (lambda c=chunk, p=params, s=tx_state, b=plan, k=task.consts:
+                                c(p, s, b, k))
+            steps[name] = r.chunk
+    times = rounds(contenders, n_rounds)
+    table({n: [t / steps[n] for t in ts] for n, ts in times.items()},
+          next(iter(contenders)), {n: "per step" for n in contenders})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--chunks", action="store_true",
+                    help="the reproduction's LeNet-5 and LM chunks, scanned and unrolled")
     args = ap.parse_args()
+    if args.chunks:
+        chunks(min(args.rounds, 3))
+        return
     conditions("sparse training: step cost of rigl / set_ / static / ste next to sparsify")
     params = _mlp(jax.random.key(0))
     rng = np.random.default_rng(0)
