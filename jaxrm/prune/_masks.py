@@ -50,12 +50,12 @@ def _mask_of(flags, x, lay: jtree.Layout, pat, scope: str):
     return lay.from_slices(_patterns.expand(pat, flags, (lay.n_slices, *lay.slice_shape)))
 
 
-@functools.partial(jax.jit, static_argnames=("layouts", "patterns", "scope", "host"))
-def _compute_jit(leaves, ks, layouts, patterns, scope, host):
-    return _compute(leaves, ks, layouts, patterns, scope, host)
+@functools.partial(jax.jit, static_argnames=("layouts", "patterns", "scope", "host", "common"))
+def _compute_jit(leaves, ks, layouts, patterns, scope, host, common=0.0):
+    return _compute(leaves, ks, layouts, patterns, scope, host, common)
 
 
-def _compute(leaves, ks, layouts, patterns, scope, host):
+def _compute(leaves, ks, layouts, patterns, scope, host, common=0.0):
     nm = [isinstance(pat, _patterns.NM) for pat in patterns]
     out: list = [None] * len(leaves)
     ranked = [i for i in range(len(leaves)) if not nm[i]]
@@ -70,22 +70,26 @@ def _compute(leaves, ks, layouts, patterns, scope, host):
     if ranked:
         rows = [_unit_rows(leaves[i], layouts[i], patterns[i], scope) for i in ranked]
         if scope == "global":
-            flags = _select.select([r.reshape(-1) for r in rows], ks, "global", host=host)
+            flags = _select.select([r.reshape(-1) for r in rows], ks, "global", host=host,
+                                   common=common)
         else:
-            flags = _select.select(rows, [ks[i] for i in ranked], "layer", host=host)
+            flags = _select.select(rows, [ks[i] for i in ranked], "layer", host=host,
+                                   common=common)
         for i, f, r in zip(ranked, flags, rows):
             out[i] = _mask_of(f.reshape(r.shape), leaves[i], layouts[i], patterns[i], scope)
     return out
 
 
 def compute(
-    p: Plan, sparsities: list, scope: str, *, host: bool = True, leaves: list | None = None
+    p: Plan, sparsities: list, scope: str, *, host: bool = True, leaves: list | None = None,
+    common: float = 0.0,
 ) -> list:
     """The picked leaves' masks (sparsities already checked).
 
     N:M leaves are ranked within their groups, so ``scope="global"`` ranks
     only the other leaves together. ``leaves`` replaces the plan's score
-    leaves (same shapes).
+    leaves (same shapes). ``common`` is a score expected to be frequent
+    (see ``_select.select``).
     """
     leaves = p.leaves if leaves is None else list(leaves)
     if scope == "global" and any(isinstance(pat, _patterns.NM) for pat in p.patterns):
@@ -100,7 +104,7 @@ def compute(
         out = _compute([np.asarray(x) for x in leaves], ks, p.layouts, p.patterns, scope, True)
         return [jax.device_put(m) for m in out]  # jnp.asarray would compile once per shape
     ks_arg = jnp.asarray(ks, jnp.int32) if scope == "global" else [jnp.asarray(k) for k in ks]
-    return _compute_jit(tuple(leaves), ks_arg, p.layouts, p.patterns, scope, host)
+    return _compute_jit(tuple(leaves), ks_arg, p.layouts, p.patterns, scope, host, common)
 
 
 def _check_nonnegative(p: Plan) -> None:

@@ -192,8 +192,9 @@ def _fresh_masks(cfg: _Config, params, grads, count, old: list, wanted: list) ->
     # The radix selection runs inside the compiled step on every backend: a host
     # callback inside a training step was measured several times slower on CPU than
     # the same callback on its own.
+    # Pruned entries (-1) are most of a sparse leaf: the selection counts them apart.
     by_index = dict(zip(p.picked, _masks.compute(p, wanted, cfg.scope, host=False,
-                                                 leaves=leaves)))
+                                                 leaves=leaves, common=-1.0)))
     return [by_index.get(i) if m is not None else None for i, m in enumerate(old)]
 
 

@@ -3,11 +3,8 @@
 Two selections give the same masks:
 
 * On the device (any backend, and inside [jaxrm.prune.sparsify][]): a
-  radix selection on the bits of the float32 scores. The bits are mapped to
-  ``uint32`` keys that order like the floats; a histogram of the high 16 bits
-  finds the bucket that holds the k-th key, and a histogram of the low 16 bits
-  inside that bucket finds the key itself: two counting passes instead of an
-  ``O(n log n)`` sort.
+  radix selection on the bits of the float32 scores (``_radix.py``): two
+  counting passes instead of an ``O(n log n)`` sort.
 * On a CPU host (eager calls, and ``jax.pure_callback`` under ``jit``): a
   strided sample brackets the k-th score, one pass counts the scores above the
   bracket and gathers the few inside it, and ``np.partition`` of those gives
@@ -27,113 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrm.prune import _radix
+
 __all__ = ["select"]
 
-_HALF = 16
-_BINS = 1 << _HALF
-_LOW = _BINS - 1
 _SAMPLE = 1 << 16  # scores sampled to bracket the threshold on the host
 _MARKERS = 1 << 22  # leaf-offset marker entries (bools) before static slices take over
-
-
-# --------------------------------------------------------------------------
-# Radix selection
-
-
-def _keys(u: jax.Array) -> jax.Array:
-    """Maps float32 scores to uint32 keys with the same order (NaN lowest, -0 == +0)."""
-    u = jnp.where(jnp.isnan(u), -jnp.inf, u)
-    u = jnp.where(u == 0, jnp.zeros((), u.dtype), u)
-    bits = jax.lax.bitcast_convert_type(u, jnp.uint32)
-    negative = (bits >> 31) == 1
-    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
-
-
-def _suffix_sums(h: jax.Array) -> jax.Array:
-    """``out[r] = sum(h[r:])`` of a short vector, as a masked sum over a triangle.
-
-    ``jnp.cumsum`` lowers to a reduce-window whose CPU compilation took about
-    half a second per use; the triangle of 256 x 256 compiles at once.
-    """
-    i = jnp.arange(h.shape[0])
-    return jnp.sum(jnp.where(i[None, :] >= i[:, None], h[None, :], 0), axis=1, dtype=h.dtype)
-
-
-def _bucket_of_kth(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The bucket holding the k-th highest key, and the count of keys in higher buckets.
-
-    Two levels of 256 (a scan over 65536 buckets costs more on CPU than the
-    whole histogram): first the row of 256 buckets, then the bucket in it.
-    """
-    side = 1 << (_HALF // 2)
-    rows = hist.reshape(side, side)
-    row_total = jnp.sum(rows, axis=1)
-    row_at_least = _suffix_sums(row_total)  # keys in rows >= r
-    r = jnp.maximum(jnp.sum(row_at_least >= k, dtype=jnp.int32) - 1, 0)
-    above_row = row_at_least[r] - row_total[r]
-    row = jax.lax.dynamic_index_in_dim(rows, r, axis=0, keepdims=False)
-    at_least = _suffix_sums(row) + above_row  # keys in buckets >= (r, c)
-    c = jnp.maximum(jnp.sum(at_least >= k, dtype=jnp.int32) - 1, 0)
-    return r * side + c, at_least[c] - row[c]
-
-
-def _kth_key(keys: list[jax.Array], k: jax.Array):
-    """``(t, greater, ties)``: the k-th highest key over all ``keys``, the count of keys
-    above it and the count equal to it (two histogram passes)."""
-    hist = jnp.zeros(_BINS, jnp.int32)
-    for kk in keys:
-        hist = hist.at[(kk >> _HALF).astype(jnp.int32)].add(1)
-    b, above = _bucket_of_kth(hist, k)
-    need = k - above
-
-    low = jnp.zeros(_BINS, jnp.int32)
-    for kk in keys:
-        in_bucket = (kk >> _HALF).astype(jnp.int32) == b
-        idx = jnp.where(in_bucket, (kk & _LOW).astype(jnp.int32), _BINS)
-        low = low.at[idx].add(1, mode="drop")
-    b2, above_low = _bucket_of_kth(low, need)
-    t = (b.astype(jnp.uint32) << _HALF) | b2.astype(jnp.uint32)
-    return t, above + above_low, low[b2]
-
-
-def _indices(keys: list[jax.Array]) -> list[jax.Array]:
-    """Flat indices of ``keys``' entries, counted across the arrays in order."""
-    out, offset = [], 0
-    for kk in keys:
-        out.append(jnp.arange(kk.size, dtype=jnp.uint32).reshape(kk.shape) + jnp.uint32(offset))
-        offset += kk.size
-    return out
-
-
-def _threshold(keys: list[jax.Array], k: jax.Array):
-    """``(t, t_index, keep_ties)``: the scalars `_flags` needs to keep exactly the ``k``
-    highest keys over all ``keys`` (ties by flat index)."""
-    k = jnp.asarray(k, jnp.int32)
-    t, greater, ties = _kth_key(keys, k)
-    wanted_ties = k - greater
-
-    def first_ties():
-        # The first ``wanted_ties`` ties by flat index are the highest of the keys
-        # ``~index`` among the ties (other entries 0): a second radix selection,
-        # unique keys, so no further ties (and no cumsum, slow to compile on CPU).
-        ranks = [jnp.where(kk == t, ~index, jnp.uint32(0))
-                 for kk, index in zip(keys, _indices(keys))]
-        return _kth_key(ranks, wanted_ties)[0]
-
-    # All ties wanted: ``~index >= 0`` keeps every one.
-    t_index = jax.lax.cond(wanted_ties == ties, lambda: jnp.uint32(0), first_ties)
-    return t, t_index, wanted_ties > 0
-
-
-def _flags(kk: jax.Array, index: jax.Array, t, t_index, keep_ties) -> jax.Array:
-    """Keep-flags from `_threshold`'s scalars (or arrays broadcasting against ``kk``)."""
-    return (kk > t) | ((kk == t) & (~index >= t_index) & keep_ties)
-
-
-def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
-    """Flags of the ``k`` highest keys over all flat ``keys`` arrays (exact, ties by index)."""
-    t, t_index, keep = _threshold(keys, k)
-    return [_flags(kk, index, t, t_index, keep) for kk, index in zip(keys, _indices(keys))]
 
 
 def _select_host_one(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
@@ -224,12 +120,12 @@ def _host_global(units, k) -> list[np.ndarray]:
     return [f.reshape(np.shape(u)) for f, u in zip(flags, units)]
 
 
-def _device_rows(rows, ks) -> list[jax.Array]:
+def _device_rows(rows, ks, common: float = 0.0) -> list[jax.Array]:
     """Per-row selection, one program per row length (so compile time does not grow
     with the number of leaves of one shape).
 
-    On CPU the rows of one length run through ``lax.map``, one row at a time:
-    a batched (``vmap``) scatter and a ``cond`` turned into a select (both tie
+    On CPU the rows of one length run through a loop, one row at a time: a
+    batched (``vmap``) scatter and a ``cond`` turned into a select (both tie
     branches computed) were measured three to four times slower there. Other
     backends batch the rows with ``vmap`` (the rows run in parallel).
     """
@@ -238,21 +134,26 @@ def _device_rows(rows, ks) -> list[jax.Array]:
         by_n.setdefault(r.shape[1], []).append(i)
     out: list = [None] * len(rows)
 
-    def one(args):
-        row, k = args
-        return _threshold([_keys(row)], k)
-
     for n, idx in by_n.items():
         scores = jnp.concatenate([rows[i].astype(jnp.float32) for i in idx])
         k = jnp.concatenate([jnp.asarray(ks[i], jnp.int32).reshape(-1) for i in idx])
+
+        def one(row, kk, scores=scores):
+            return _radix.threshold([(scores, row, 0)], kk, common)
+
         if jax.default_backend() == "cpu":
-            t, t_index, keep = jax.lax.map(one, (scores, k))
+            def body(row, acc, one=one, k=k):
+                return tuple(a.at[row].set(v) for a, v in zip(acc, one(row, k[row])))
+
+            m = scores.shape[0]
+            init = (jnp.zeros(m, jnp.uint32), jnp.zeros(m, jnp.uint32), jnp.zeros(m, bool))
+            t, t_index, keep = jax.lax.fori_loop(0, m, body, init)
         else:
-            t, t_index, keep = jax.vmap(lambda row, kk: one((row, kk)))(scores, k)
+            t, t_index, keep = jax.vmap(one)(jnp.arange(scores.shape[0]), k)
         # The loop gives the per-row scalars only (a cond in it picks a scalar, not
         # an array); the flags of all rows are then one elementwise pass.
-        flags = _flags(_keys(scores), jnp.arange(n, dtype=jnp.uint32), t[:, None],
-                       t_index[:, None], keep[:, None])
+        flags = _radix.flags(_radix.keys(scores), jnp.arange(n, dtype=jnp.uint32), t[:, None],
+                             t_index[:, None], keep[:, None])
         for i, part in zip(idx, _cut(flags, [rows[i].shape[0] for i in idx])):
             out[i] = part
     return out
@@ -283,10 +184,16 @@ def _cut(values: jax.Array, sizes: list[int]) -> list[jax.Array]:
     return out
 
 
-def _device_global(units, k) -> list[jax.Array]:
-    keys = [_keys(u.astype(jnp.float32).reshape(-1)) for u in units]
-    flags = _select(keys, jnp.asarray(k, jnp.int32).reshape(()))
-    return [f.reshape(u.shape) for f, u in zip(flags, units)]
+def _device_global(units, k, common: float = 0.0) -> list[jax.Array]:
+    flat = [u.astype(jnp.float32).reshape(1, -1) for u in units]
+    offsets = np.cumsum([0] + [u.size for u in flat[:-1]]).tolist()
+    t, t_index, keep = _radix.threshold(list(zip(flat, [0] * len(flat), offsets)),
+                                        jnp.asarray(k, jnp.int32).reshape(()), common)
+    out = []
+    for u, f, o in zip(units, flat, offsets):
+        index = jnp.arange(f.size, dtype=jnp.uint32) + jnp.uint32(o)
+        out.append(_radix.flags(_radix.keys(f[0]), index, t, t_index, keep).reshape(u.shape))
+    return out
 
 
 def _concrete_on_cpu(arrays) -> bool:
@@ -300,7 +207,7 @@ def _concrete_on_cpu(arrays) -> bool:
     return True
 
 
-def select(units: list, ks, scope: str, *, host: bool = True) -> list:
+def select(units: list, ks, scope: str, *, host: bool = True, common: float = 0.0) -> list:
     """Keep-flags of the highest units.
 
     Args:
@@ -313,6 +220,9 @@ def select(units: list, ks, scope: str, *, host: bool = True) -> list:
         on CPU). XLA's CPU reductions and scatters are much slower than
         numpy's vectorized comparisons; on GPU and TPU the radix selection
         stays on the device. Both give the same flags.
+      common: a score expected to be frequent (zeros of pruned weights,
+        the marker ``sparsify`` gives pruned entries): the device selection
+        counts it apart, faster; any value gives the same flags.
 
     Returns:
       ``bool`` arrays of ``units``' shapes.
@@ -332,5 +242,5 @@ def select(units: list, ks, scope: str, *, host: bool = True) -> list:
         fn = _host_global if scope == "global" else _host_rows
         return jax.pure_callback(fn, shapes, list(units), ks, vmap_method="sequential")
     if scope == "global":
-        return _device_global(units, ks)
-    return _device_rows(units, ks)
+        return _device_global(units, ks, common)
+    return _device_rows(units, ks, common)

@@ -235,3 +235,40 @@ def test_device_rows_of_same_shape_leaves_match_brute_force(leaves, rows, n, kin
     for u, k, g in zip(units, ks, got):
         want = np.stack([top_k_reference([row], int(kk))[0] for row, kk in zip(u, k)])
         np.testing.assert_array_equal(np.asarray(g), want)
+
+
+_device_select = jax.jit(
+    lambda units, ks, scope, common: _select.select(units, ks, scope, host=False, common=common),
+    static_argnames=("scope", "common"),
+)
+
+
+@pytest.mark.parametrize("common", [-1.0, 0.0, 0.5])
+@pytest.mark.parametrize("kept", ["above", "in common", "in ties"])
+def test_device_selection_over_chunks_with_a_frequent_score(common, kept):
+    # Rows longer than a histogram chunk (several chunks and a remainder); most
+    # entries are the frequent score (counted apart from the scatter) and many tie
+    # at another value, so the k-th falls above, in or among the ties of either.
+    rng = np.random.default_rng(7)
+    n = 2 * 65536 + 777
+    rows = np.abs(rng.standard_normal((2, n))).astype(np.float32)
+    rows[rng.random(rows.shape) < 0.7] = common
+    tie = np.float32(0.25)
+    rows[rng.random(rows.shape) < 0.1] = tie
+    n_common = (rows == common).sum(axis=1)
+    above_common = (rows > common).sum(axis=1)
+    above_tie = (rows > tie).sum(axis=1)
+    ks = {
+        "above": above_common // 3,
+        "in common": above_common + n_common // 2,
+        "in ties": above_tie + (rows == tie).sum(axis=1) // 2,
+    }[kept].astype(np.int32)
+    got = _device_select([rows], [ks], "layer", common)[0]
+    want = np.stack([top_k_reference([r], int(k))[0] for r, k in zip(rows, ks)])
+    np.testing.assert_array_equal(np.asarray(got), want)
+    # the same scores as leaves ranked together: flat indices run across leaves
+    leaves = [rows[0], rows[1, :1000], rows[1, 1000:]]
+    k = int(ks.sum())
+    got = _device_select(leaves, k, "global", common)
+    for g, w in zip(got, top_k_reference(leaves, k)):
+        np.testing.assert_array_equal(np.asarray(g), w)
