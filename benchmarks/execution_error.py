@@ -14,10 +14,13 @@ nearest. This script asks the two questions that table leaves:
    ``make reproduce-llm`` trains (read from its cache under ``build/llm/``;
    skipped with a note when the cache is absent), once with the trained
    weights and once with the same model's random init, on held-out text.
+3. Like for like with Qwix: Qwix's int8 weight-only and w8a8 leave the
+   embedding in float, so jaxrm quantizing the same leaves (every kernel,
+   per output channel) sits beside them on the random-init Transformer.
 
 Errors are ``||y_q - y|| / ||y||`` of the logits; they do not depend on the
 machine's load, which is printed anyway. Run: ``python
-benchmarks/execution_error.py [--batches 16]`` (about 3 minutes on 2 cores).
+benchmarks/execution_error.py [--batches 16]`` (about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from execution import Transformer, rel
+from execution import Transformer, qwix_variants, rel
 
 from jaxrm import calib, coding, quant
 
@@ -67,6 +70,7 @@ def gptq_rows(n_batches: int) -> None:
     print(f"{'kernels':<36}{'kernels only':>14}{'+ embedding (RTN per row)':>28}")
     for name, (alone, everything) in rows.items():
         print(f"{name:<36}{alone:>14.2e}{everything:>28.2e}")
+    qwix_rows(tf, {"params": params}, ids, y)
 
 
 def trained_rows() -> None:
@@ -99,6 +103,22 @@ def trained_rows() -> None:
         kernels = quant.uniform(p, 8, axis="channel", stacked=stacked, where=r"kernel$")
         print(f"{name:<14}{rel(run_q(everything, x), y):>12.2e}"
               f"{rel(run_q(kernels, x), y):>14.2e}")
+
+
+def qwix_rows(tf, variables, ids, y) -> None:
+    params = variables["params"]
+    apply = lambda p, x: tf.apply({"params": p}, x)
+    kernels = quant.uniform(params, 8, axis="channel", where=r"kernel$")
+    rows = {
+        "jaxrm int8, kernels": rel(jax.jit(quant.quantized(apply))(kernels, ids), y),
+        "jaxrm w8a8, kernels": rel(
+            jax.jit(quant.quantized(apply, activations="int8-dynamic"))(kernels, ids), y),
+    }
+    for name, (fn, p) in qwix_variants(tf, variables, ids).items():
+        rows[name.replace("qwix", "Qwix")] = rel(jax.jit(fn)(p, ids), y)
+    print("\n== the same leaves as Qwix (every kernel; the embedding stays float)")
+    for name, e in rows.items():
+        print(f"{name:<36}{e:>14.2e}")
 
 
 def main() -> None:
