@@ -79,7 +79,9 @@ def _histogram(sources, slot_of, mode: str) -> jax.Array:
     (slots ``>= _BINS`` are spare, or dropped with ``mode="drop"``)."""
     def add(table, scores, row, start, size, offset):
         chunk = jax.lax.dynamic_slice(scores, (row, start), (1, size))[0]
-        index = jnp.arange(size, dtype=jnp.uint32) + jnp.asarray(start + offset, jnp.uint32)
+        # uint32 flat indices (offsets of leaves ranked together may pass 2^31)
+        index = (jnp.arange(size, dtype=jnp.uint32) + jnp.asarray(start).astype(jnp.uint32)
+                 + jnp.uint32(offset))
         slot = slot_of(keys(chunk), index, jnp.arange(size, dtype=jnp.int32))
         return table.at[slot].add(1, mode=mode)
 
