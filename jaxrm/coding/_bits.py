@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_fixed", "pack_list",
-    "unpack_fixed", "unpack_list",
-    "varint",
+    "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_bitmap", "pack_fixed",
+    "pack_list", "unpack_bitmap", "unpack_fixed", "unpack_list", "varint",
 ]
 
 # Symbols are processed in chunks so that the (n, width) bit matrix stays small.
@@ -52,13 +51,32 @@ def pack_fixed(symbols: np.ndarray, width: int) -> bytes:
     return np.concatenate(parts).tobytes()
 
 
-def pack_list(values: list[int], width: int) -> bytes:
-    """`pack_fixed` of a short Python list (its values below ``2**width``), in Python ints."""
+def pack_list(values: list[int], width: int, minus: int = 0) -> bytes:
+    """`pack_fixed` of a short Python list, in Python ints.
+
+    Writes ``v - minus`` for each value ``v`` (each result below ``2**width``).
+    """
     big = 0
     for v in values:
-        big = (big << width) | v
+        big = (big << width) | (v - minus)
     nbits = len(values) * width
     return (big << (-nbits % 8)).to_bytes(-(-nbits // 8), "big")
+
+
+def pack_bitmap(values: list[int], length: int) -> bytes:
+    """``np.packbits`` of ``length`` flags set at the ``values``, in Python ints."""
+    big = 0
+    for v in values:
+        big |= 1 << (length - 1 - v)
+    return (big << (-length % 8)).to_bytes(-(-length // 8), "big")
+
+
+def unpack_bitmap(data: bytes | memoryview, length: int) -> list[int]:
+    """Inverse of `pack_bitmap`: the increasing positions of the set flags."""
+    if len(data) * 8 < length:
+        raise FormatError("bitmap is shorter than its length")
+    bits = f"{int.from_bytes(data, 'big'):0{len(data) * 8}b}"
+    return [i for i in range(length) if bits[i] == "1"]
 
 
 def unpack_list(data: bytes | memoryview, count: int, width: int) -> list[int]:
@@ -66,9 +84,11 @@ def unpack_list(data: bytes | memoryview, count: int, width: int) -> list[int]:
     nbits = count * width
     if len(data) * 8 < nbits:
         raise FormatError("fixed-width stream is shorter than its symbol count")
+    if width == 0:
+        return [0] * count
     big = int.from_bytes(data[: -(-nbits // 8)], "big") >> (-nbits % 8)
     top = (1 << width) - 1
-    return [(big >> (width * i)) & top for i in range(count - 1, -1, -1)]
+    return [(big >> shift) & top for shift in range(nbits - width, -1, -width)]
 
 
 def unpack_fixed(data: bytes | memoryview, count: int, width: int) -> np.ndarray:

@@ -42,6 +42,19 @@ def test_quantized_frequencies_sum_and_cover(counts):
     assert np.all((f > 0) == (np.asarray(counts) > 0))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 10**6), min_size=1, max_size=64),
+    st.integers(0, 8),
+)
+def test_python_int_quantization_is_the_numpy_one(counts, extra):
+    # from barely enough slots (clipping at 1 overshoots) to many per symbol
+    p = max(1, (len(counts) - 1).bit_length()) + extra
+    want = _freq.quantize(np.asarray(counts), p, positive=True)
+    assert _freq.quantize_list(counts, p) == want.tolist()
+    assert _freq.quantize_list(counts, p) == _freq.quantize(np.asarray(counts), p).tolist()
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.3])
 def test_within_half_a_percent_of_the_entropy(scale):
     rng = np.random.default_rng(1)
