@@ -101,8 +101,10 @@ def estimate_bits(counts: np.ndarray, codec: str, *, or_huffman: bool = False) -
     entropy = float(-(cf * np.log2(cf / n)).sum())
     if used > 4096:  # rANS falls back to Huffman here; building the code would be slow
         return entropy + 0.03 * n + table
+    ans = entropy * 1.004 + table * 3
+    if codec == "ans" and not or_huffman:  # no Huffman code to build
+        return ans
     huffman = _huffman.cost(c) + table
     if codec == "huffman":
         return float(huffman)
-    ans = entropy * 1.004 + table * 3
-    return min(ans, huffman) if or_huffman else ans
+    return min(ans, huffman)
