@@ -96,21 +96,20 @@ class _Writer:
     def _worth_sharing(self, members: list[int], codec: str) -> list[int]:
         """Members whose symbols cost less under the pooled histogram than alone."""
         top = max(self.runs[i][2] for i in members)
-        hists = [np.bincount(self.runs[i][1], minlength=top) for i in members]
+        hists = np.stack([np.bincount(self.runs[i][1], minlength=top) for i in members])
+        alone = _streams.estimate_rows(hists, [self.runs[i][2] for i in members], codec)
+        alone += STREAM_BITS
+        keep = np.ones(len(members), bool)
         for _ in range(2):
-            total = np.sum(hists, axis=0) if hists else np.zeros(top)
+            total = hists[keep].sum(axis=0)
             if total.sum() == 0:
-                return members
-            logp = np.log2(np.maximum(total, 1) / total.sum())
-            keep = []
-            for i, h in zip(members, hists):
-                alone = _streams.estimate_bits(h[: self.runs[i][2]], codec) + STREAM_BITS
-                if -(h * logp).sum() <= alone:
-                    keep.append(i)
-            if len(keep) == len(members):
                 break
-            members, hists = keep, [hists[members.index(i)] for i in keep]
-        return members
+            logp = np.log2(np.maximum(total, 1) / total.sum())
+            kept = keep & (-(hists @ logp) <= alone)
+            if np.array_equal(kept, keep):
+                break
+            keep = kept
+        return [i for i, k in zip(members, keep) if k]
 
     def floor_bytes(self) -> int:
         """Bytes `finish` writes at least: header, raw section and every stream's

@@ -297,3 +297,18 @@ def test_stream_floor_bounds_the_section_from_below(seed, n, alphabet, codec):
     assert floor <= len(data)
     if meta["codec"] == "fixed":
         assert floor == len(data)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.sampled_from(["huffman", "ans"]))
+def test_estimates_of_many_streams_are_the_estimates_of_each(seed, rows, codec):
+    rng = np.random.default_rng(seed)
+    alphabets = rng.integers(1, 300, rows).tolist()
+    top = max(alphabets)
+    hists = np.zeros((rows, top), np.int64)
+    for i, a in enumerate(alphabets):  # some empty, some one symbol, some spread
+        n = int(rng.choice([0, 1, 50, 5000]))
+        hists[i] = np.bincount(normal_symbols(seed + i, n, a, float(rng.uniform(0.02, 3))),
+                               minlength=top)
+    want = [_streams.estimate_bits(h[:a], codec) for h, a in zip(hists, alphabets)]
+    np.testing.assert_allclose(_streams.estimate_rows(hists, alphabets, codec), want, rtol=1e-12)
