@@ -79,7 +79,7 @@ def _table(counts: np.ndarray, used: np.ndarray, n: int, width: int):
         weights -= 1.0
         a = used_list[-1] + 1
         if a <= m * width:
-            table = b"\x00" + _bits.varint(a) + _bits.pack_bitmap(used_list, a)
+            table = b"\x00" + _bits.varint(a) + np.packbits(counts[:a] > 0).tobytes()
         else:
             table = b"\x01" + _bits.varint(m) + _bits.pack_list(used_list, width)
         return _MARK + table + bytes((p, w)) + stored, weights
@@ -129,27 +129,30 @@ def encode(
         return _degenerate(used, width)
     head, weights = _table(counts, used, n, width)
     model = _model(weights)
-    rank = None  # with no gaps below the largest used symbol, ranks are the symbols
-    if int(used[-1]) != m - 1:
+    lo = int(used[0])
+    rank = None  # used symbols in one run from lo: their ranks are the symbols minus lo
+    if int(used[-1]) - lo != m - 1:
         rank = np.zeros(alphabet, np.int32)
         rank[used] = np.arange(m, dtype=np.int32)
     coder = constriction.stream.stack.AnsCoder()
     for s, e in reversed([(0, n)] if n <= _bits._CHUNK else list(_bits.chunks(n))):
         piece = sym[s:e]
-        coder.encode_reverse(
-            piece.astype(np.int32, copy=False) if rank is None else rank.take(piece), model
-        )
+        if rank is not None:
+            ranks = rank.take(piece)
+        elif lo:
+            ranks = piece.astype(np.int32)
+            ranks -= lo
+        else:
+            ranks = piece.astype(np.int32, copy=False)
+        coder.encode_reverse(ranks, model)
     return head + coder.get_compressed().astype(_WORD, copy=False).tobytes()
 
 
-def _read_symbols(r: ByteReader, mode: int, alphabet: int, width: int) -> np.ndarray | list:
-    """The increasing used symbols: a list for short bitmaps, else an array."""
+def _read_symbols(r: ByteReader, mode: int, alphabet: int, width: int) -> np.ndarray:
     if mode == 0:
         a = r.varint(alphabet)
-        raw = r.take(-(-a // 8))
-        if a <= 2 * _bits.SMALL:  # numpy's per-call cost would be most of the work
-            return _bits.unpack_bitmap(raw, a)
-        return np.unpackbits(np.frombuffer(raw, np.uint8), count=a).nonzero()[0]
+        bits = np.unpackbits(np.frombuffer(r.take(-(-a // 8)), np.uint8), count=a)
+        return bits.nonzero()[0]
     if mode in (1, 2):
         m = r.varint(min(alphabet, MAX_SYMBOLS))
         if mode == 2 and m != 1:
@@ -159,6 +162,16 @@ def _read_symbols(r: ByteReader, mode: int, alphabet: int, width: int) -> np.nda
             raise FormatError("rANS table symbols are not increasing and in range")
         return used
     raise FormatError(f"unknown rANS table mode {mode}")
+
+
+def _symbols(ranks: np.ndarray, table: np.ndarray | None, lo: int, out=None) -> np.ndarray:
+    """The used symbols of decoded ``ranks`` (``int32``, below the table's length)."""
+    if table is not None:
+        return table.take(ranks, out=out, mode="clip")
+    ranks = ranks.view(np.uint32)
+    if out is None and not lo:
+        return ranks
+    return np.add(ranks, np.uint32(lo), out=ranks if out is None else out)  # the coder's array
 
 
 def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> np.ndarray:
@@ -208,19 +221,15 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     words = np.frombuffer(rest, _WORD).astype(np.uint32, copy=False)
     coder = constriction.stream.stack.AnsCoder(words)
     model = _model(weights)
-    # Ranks are below m; with no gaps in the used symbols they are the symbols.
-    table = None if int(used[-1]) == m - 1 else np.asarray(used, np.uint32)
+    # Ranks are below m; with the used symbols in one run from lo they are symbols - lo.
+    lo = int(used[0])
+    table = None if int(used[-1]) - lo == m - 1 else used.astype(np.uint32)
     if count <= _bits._CHUNK:
-        ranks = coder.decode(model, count)
-        out = ranks.view(np.uint32) if table is None else table.take(ranks, mode="clip")
+        out = _symbols(coder.decode(model, count), table, lo)
     else:
         out = np.empty(count, np.uint32)
         for s, e in _bits.chunks(count):
-            ranks = coder.decode(model, e - s)
-            if table is None:
-                out[s:e] = ranks
-            else:
-                table.take(ranks, out=out[s:e], mode="clip")
+            _symbols(coder.decode(model, e - s), table, lo, out[s:e])
     if not coder.is_empty():
         raise FormatError("rANS stream does not end in its initial state")
     return out

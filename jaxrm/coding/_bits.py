@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_bitmap", "pack_fixed",
-    "pack_list", "unpack_bitmap", "unpack_fixed", "unpack_list", "varint",
+    "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_fixed", "pack_list",
+    "unpack_fixed", "unpack_list", "varint",
 ]
 
 # Symbols are processed in chunks so that the (n, width) bit matrix stays small.
@@ -61,22 +61,6 @@ def pack_list(values: list[int], width: int, minus: int = 0) -> bytes:
         big = (big << width) | (v - minus)
     nbits = len(values) * width
     return (big << (-nbits % 8)).to_bytes(-(-nbits // 8), "big")
-
-
-def pack_bitmap(values: list[int], length: int) -> bytes:
-    """``np.packbits`` of ``length`` flags set at the ``values``, in Python ints."""
-    big = 0
-    for v in values:
-        big |= 1 << (length - 1 - v)
-    return (big << (-length % 8)).to_bytes(-(-length // 8), "big")
-
-
-def unpack_bitmap(data: bytes | memoryview, length: int) -> list[int]:
-    """Inverse of `pack_bitmap`: the increasing positions of the set flags."""
-    if len(data) * 8 < length:
-        raise FormatError("bitmap is shorter than its length")
-    bits = f"{int.from_bytes(data, 'big'):0{len(data) * 8}b}"
-    return [i for i in range(length) if bits[i] == "1"]
 
 
 def unpack_list(data: bytes | memoryview, count: int, width: int) -> list[int]:

@@ -233,6 +233,16 @@ def test_small_streams_have_small_headers():
     assert len(_ans.encode(np.zeros(0, np.int64), 8, 3)) <= 8
 
 
+@pytest.mark.parametrize("n", [1000, (1 << 20) + 5])  # one piece, and pieces
+@pytest.mark.parametrize("low, high", [(0, 9), (3, 9), (3, 31)])
+def test_symbols_in_one_run_above_zero_round_trip(n, low, high):
+    # used symbols low..high: ranks are the symbols minus low (no rank table)
+    sym = np.random.default_rng(n).integers(low, high + 1, n)
+    data = _ans.encode(sym, 32, 5)
+    np.testing.assert_array_equal(reference_decode(data, n, 5) if n < 5000 else sym, sym)
+    np.testing.assert_array_equal(_ans.decode(data, n, 32, 5), sym)
+
+
 @pytest.mark.parametrize("cut", [-1, -4, 4])
 def test_decoder_rejects_truncated_or_extended_streams(cut):
     sym = normal_symbols(2, 20_000, 32, 1.0)

@@ -29,17 +29,6 @@ def test_fixed_width_packing_matches_a_bit_string(width, count, seed):
         assert _bits.pack_list(plus_one, width, minus=1) == data
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, 300), st.floats(0.0, 1.0), st.integers(0, 2**32))
-def test_bitmaps_match_packbits(length, density, seed):
-    flags = np.random.default_rng(seed).random(length) < density
-    data = _bits.pack_bitmap(flags.nonzero()[0].tolist(), length)
-    assert data == np.packbits(flags).tobytes()
-    assert _bits.unpack_bitmap(memoryview(data), length) == flags.nonzero()[0].tolist()
-    with pytest.raises(FormatError):
-        _bits.unpack_bitmap(data[:-1], length) if data else _bits.unpack_bitmap(b"", 1)
-
-
 def test_short_tables_of_zero_width_unpack_to_zeros():
     assert _bits.unpack_list(b"", 5, 0) == [0] * 5
     with pytest.raises(FormatError):
