@@ -71,12 +71,18 @@ def _table(counts: np.ndarray, used: np.ndarray, n: int, width: int):
     p = precision_for(n, m)
     if m <= _bits.SMALL:  # numpy's per-call cost would be most of the work
         used_list = used.tolist()
-        freq = quantize_list(counts[used].tolist(), p)
+        c = counts[used]
+        if (1 << p) % n == 0:  # n a power of two: every share is exact, none rounded
+            step = (1 << p) // n
+            freq = (c * step).tolist()  # = quantize(c, p)
+            weights = c * float(step << (PRECISION - p))
+        else:
+            freq = quantize_list(c.tolist(), p)
+            weights = np.array(freq, np.float64)
+            weights *= float(1 << (PRECISION - p))
+        weights -= 1.0  # _weights(freq, p), exactly
         w = bit_width(max(freq) - 1)
         stored = _bits.pack_list(freq, w, minus=1)
-        weights = np.array(freq, np.float64)  # _weights, exactly
-        weights *= float(1 << (PRECISION - p))
-        weights -= 1.0
         a = used_list[-1] + 1
         if a <= m * width:
             table = b"\x00" + _bits.varint(a) + np.packbits(counts[:a] > 0).tobytes()
@@ -199,18 +205,11 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     if not (m - 1).bit_length() < p <= PRECISION or w > p:
         raise FormatError("bad rANS frequency precision")
     stored = r.take(-(-m * w // 8))
-    if m <= _bits.SMALL:  # numpy's per-call cost would be most of the work
-        freq = _bits.unpack_list(stored, m, w)
-        total = sum(freq) + m
-        scale = float(1 << (PRECISION - p))
-        weights = np.array(freq, np.float64)  # _weights(freq + 1), exactly
-        weights *= scale
-        weights += scale - 1.0
-    else:
-        freq = unpack_fixed(stored, m, w).astype(np.int64)
-        freq += 1
-        total = int(freq.sum())
-        weights = _weights(freq, p)
+    freq = unpack_fixed(stored, m, w)  # the frequencies minus 1
+    total = int(freq.sum()) + m
+    scale = float(1 << (PRECISION - p))
+    weights = freq * scale
+    weights += scale - 1.0  # _weights(freq + 1, p), exactly
     if total != 1 << p:
         raise FormatError(f"rANS frequencies do not sum to 2**{p}")
     rest = r.take(r.remaining())

@@ -157,13 +157,8 @@ def read_bits(data, pos, count, width):
     return vals, pos + nbytes
 
 
-def reference_decode(data, count, width):
-    """A rANS decoder written from the section's definition alone (no jaxrm, no library).
-
-    State: 64 bits; words: 32 bits, read from the end of the word list (a
-    stack); frequencies scaled to 2**24; the stream starts from its last one
-    or two words and ends in state 0 with no word left.
-    """
+def reference_table(data, width):
+    """The used symbols, precision, frequencies and the words' offset of a section."""
     assert data[:4] == b"\x00\x00\x00\x00"
     mode, pos = data[4], 5
     x = shift = 0
@@ -181,7 +176,18 @@ def reference_decode(data, count, width):
         used, pos = read_bits(data, pos, x, width)
     p, w = data[pos], data[pos + 1]
     freq, pos = read_bits(data, pos + 2, len(used), w)
-    f = [(v + 1) << (24 - p) for v in freq]
+    return used, p, [v + 1 for v in freq], pos
+
+
+def reference_decode(data, count, width):
+    """A rANS decoder written from the section's definition alone (no jaxrm, no library).
+
+    State: 64 bits; words: 32 bits, read from the end of the word list (a
+    stack); frequencies scaled to 2**24; the stream starts from its last one
+    or two words and ends in state 0 with no word left.
+    """
+    used, p, freq, pos = reference_table(data, width)
+    f = [v << (24 - p) for v in freq]
     cum = [0, *itertools.accumulate(f)]
     assert cum[-1] == 1 << 24
     words = [int(v) for v in np.frombuffer(data[pos:], "<u4")]
@@ -322,3 +328,20 @@ def test_estimates_of_many_streams_are_the_estimates_of_each(seed, rows, codec):
                                minlength=top)
     want = [_streams.estimate_bits(h[:a], codec) for h, a in zip(hists, alphabets)]
     np.testing.assert_allclose(_streams.estimate_rows(hists, alphabets, codec), want, rtol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 15), st.sampled_from([2, 5, 32, 64]),
+       st.floats(0.02, 3.0))
+def test_stored_frequencies_are_the_quantized_histogram(seed, log_n, alphabet, spread):
+    # lengths of powers of two take exact shares without the rounding pass
+    for n in (1 << log_n, (1 << log_n) + 3):
+        sym = normal_symbols(seed, n, alphabet, spread)
+        counts = np.bincount(sym, minlength=alphabet)
+        if np.count_nonzero(counts) < 2:
+            continue
+        width = (alphabet - 1).bit_length()
+        used, p, freq, _ = reference_table(_ans.encode(sym, alphabet, width), width)
+        assert used == counts.nonzero()[0].tolist()
+        assert p == _ans.precision_for(n, len(used))
+        assert freq == _freq.quantize(counts, p)[used].tolist()
