@@ -6,7 +6,7 @@ import numpy as np
 
 __all__ = [
     "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_fixed", "pack_list",
-    "unpack_fixed", "unpack_list", "varint",
+    "unpack_fixed", "varint",
 ]
 
 # Symbols are processed in chunks so that the (n, width) bit matrix stays small.
@@ -61,18 +61,6 @@ def pack_list(values: list[int], width: int, minus: int = 0) -> bytes:
         big = (big << width) | (v - minus)
     nbits = len(values) * width
     return (big << (-nbits % 8)).to_bytes(-(-nbits // 8), "big")
-
-
-def unpack_list(data: bytes | memoryview, count: int, width: int) -> list[int]:
-    """`unpack_fixed` into a Python list, in Python ints: for short tables."""
-    nbits = count * width
-    if len(data) * 8 < nbits:
-        raise FormatError("fixed-width stream is shorter than its symbol count")
-    if width == 0:
-        return [0] * count
-    big = int.from_bytes(data[: -(-nbits // 8)], "big") >> (-nbits % 8)
-    top = (1 << width) - 1
-    return [(big >> shift) & top for shift in range(nbits - width, -1, -width)]
 
 
 def unpack_fixed(data: bytes | memoryview, count: int, width: int) -> np.ndarray:
