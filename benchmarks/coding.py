@@ -102,28 +102,37 @@ def rans(sizes, n_rounds):
                 n_rounds)
 
 
-def rans_at(constriction, sym, n_rounds):
-    n = len(sym)
-    print(f"\n-- rANS, {n:,} symbols (rounded normal over 32 symbols, "
-          f"entropy {8 * entropy_bytes(sym) / n:.4f} bits/symbol)")
+def constriction_bare(constriction, sym):
+    """constriction called directly on 32-symbol ``sym``: ``(encode, decode, words)``.
 
-    def c_encode():
+    ``encode`` builds the histogram, the model and the coder; ``decode``
+    decodes its words with that model (no table to read).
+    """
+    n = len(sym)
+
+    def encode():
         counts = np.bincount(sym, minlength=32)
         model = constriction.stream.model.Categorical(counts / n, perfect=False)
         coder = constriction.stream.stack.AnsCoder()
         coder.encode_reverse(sym.astype(np.int32), model)
         return coder.get_compressed(), model
 
-    words, model = c_encode()
+    words, model = encode()
+    return encode, lambda: constriction.stream.stack.AnsCoder(words).decode(model, n), words
+
+
+def rans_at(constriction, sym, n_rounds):
+    n = len(sym)
+    print(f"\n-- rANS, {n:,} symbols (rounded normal over 32 symbols, "
+          f"entropy {8 * entropy_bytes(sym) / n:.4f} bits/symbol)")
+    c_encode, c_decode, words = constriction_bare(constriction, sym)
     data = _ans.encode(sym, 32, 5)
     assert np.array_equal(_ans.decode(data, n, 32, 5), sym)
     contenders = {
         "jaxrm rANS encode": lambda: _ans.encode(sym, 32, 5),
         "constriction encode": c_encode,
         "jaxrm rANS decode": lambda: _ans.decode(data, n, 32, 5),
-        "constriction decode": lambda: constriction.stream.stack.AnsCoder(words).decode(
-            model, n
-        ),
+        "constriction decode": c_decode,
         "memcpy of the symbols as float32": memcpy([sym.astype(np.float32)]),
     }
     # Short streams: each timed run makes `reps` calls (about 2**17 symbols in

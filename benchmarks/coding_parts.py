@@ -17,6 +17,7 @@ import time
 import constriction
 import numpy as np
 from _harness import conditions, load
+from coding import constriction_bare
 
 from jaxrm.coding import _ans, _bits
 from jaxrm.coding._bits import ByteReader, unpack_fixed
@@ -97,19 +98,8 @@ def decode_steps(data, n, alphabet=32, width=5):
 
 
 def bare(sym):
-    n = len(sym)
-
-    def encode():
-        counts = np.bincount(sym, minlength=32)
-        model = constriction.stream.model.Categorical(counts / n, perfect=False)
-        coder = constriction.stream.stack.AnsCoder()
-        coder.encode_reverse(sym.astype(np.int32), model)
-        return coder.get_compressed(), model
-
-    words, model = encode()
-    return {"constriction encode (bare)": encode,
-            "constriction decode (bare)": lambda: constriction.stream.stack.AnsCoder(
-                words).decode(model, n)}
+    encode, decode, _ = constriction_bare(constriction, sym)
+    return {"constriction encode (bare)": encode, "constriction decode (bare)": decode}
 
 
 def show(times: dict[str, float]) -> None:
