@@ -71,21 +71,58 @@ def _exact_count(s: float, n: int) -> int:
     return round((1 - fractions.Fraction(s)) * n)
 
 
-def _exact_counts_host(s, ns) -> np.ndarray:
-    s = np.asarray(s, np.float32).reshape(-1)
-    ns = np.asarray(ns).reshape(-1)
-    return np.asarray([_exact_count(float(a), int(n)) for a, n in zip(s, ns)], np.int32)
+def _cmp64(a_hi, a_lo, b_hi, b_lo):
+    """The sign of ``a - b`` for unsigned 64-bit values held as uint32 pairs."""
+    lo = jnp.where(a_lo > b_lo, 1, jnp.where(a_lo < b_lo, -1, 0))
+    return jnp.where(a_hi != b_hi, jnp.where(a_hi > b_hi, 1, -1), lo)
+
+
+def _exact_counts_device(s: jax.Array, ns: np.ndarray) -> jax.Array:
+    """``round((1 - s) * n)`` per entry, half to even, exactly, in uint32 arithmetic.
+
+    A float32 ``s`` in ``(0, 1)`` is ``m * 2^-q`` (``m < 2^24``, ``q >= 24``), so
+    ``(1 - s) * n = n - P / 2^q`` with ``P = m * n < 2^55``, formed from 16-bit
+    limbs as two uint32 words; its integer part and the remainder's comparison
+    with ``2^(q - 1)`` give the rounding. (A host callback did this before: about
+    a millisecond per refresh.)
+    """
+    u32 = jnp.uint32
+    n = jnp.asarray(ns, u32)
+    bits = jax.lax.bitcast_convert_type(s, u32)
+    e = (bits >> 23) & u32(0xFF)
+    m = jnp.where(e > 0, (bits & u32(0x7FFFFF)) | u32(0x800000), bits & u32(0x7FFFFF))
+    q = jnp.where(e > 0, 150 - e.astype(jnp.int32), 149)  # s = m * 2^-q
+    a1, a0, b1, b0 = m >> 16, m & u32(0xFFFF), n >> 16, n & u32(0xFFFF)
+    mid = a0 * b1 + a1 * b0  # < 2^32
+    lo = a0 * b0 + (mid << 16)
+    hi = a1 * b1 + (mid >> 16) + (lo < a0 * b0).astype(u32)
+    qq = jnp.clip(q, 24, 56).astype(u32)
+    small = qq < 32  # the remainder lies in the low word
+    whole = jnp.where(small, (hi << (32 - qq)) | (lo >> qq), hi >> (qq - 32))
+    r_small = lo & ((u32(1) << qq) - 1)
+    r_hi = hi & ((u32(1) << (qq - 32)) - 1)
+    half_hi = jnp.where(qq == 32, u32(0), u32(1) << (qq - 33))
+    half_lo = jnp.where(qq == 32, u32(0x80000000), u32(0))
+    zero = jnp.where(small, r_small == 0, (r_hi == 0) & (lo == 0))
+    c = jnp.where(small, _cmp64(u32(0), r_small, u32(0), u32(1) << (qq - 1)),
+                  _cmp64(r_hi, lo, half_hi, half_lo))
+    base = n - whole  # n - x = base - remainder / 2^q
+    kept = jnp.where(zero | (c < 0), base,
+                     jnp.where((c > 0) | ((base & 1) == 1), base - 1, base))
+    kept = jnp.where(q > 56, n, kept)  # x < 1/2
+    kept = jnp.where(jnp.isnan(s) | (s <= 0), n, jnp.where(s >= 1, u32(0), kept))
+    return kept.astype(jnp.int32)
 
 
 def kept_counts(sparsities: list, ns: list[int]) -> list:
     """``round((1 - s) * n)`` per pair, ``s`` read as a float32: the same eagerly and under jit.
 
     Schedules and traced sparsities are float32, so the count is defined on the
-    float32 value of the sparsity and computed exactly (rational arithmetic,
-    round half to even) on both paths: Python ints for concrete sparsities, and
-    int32 scalars from one host computation for all traced ones. Traced values
-    outside ``[0, 1)`` are clamped (NaN and negatives keep everything, ``>= 1``
-    prunes everything); concrete ones are checked before they get here.
+    float32 value of the sparsity and computed exactly (round half to even) on
+    both paths: rational arithmetic on Python ints for concrete sparsities, and
+    exact uint32 arithmetic in the program for all traced ones at once. Traced
+    values outside ``[0, 1)`` are clamped (NaN and negatives keep everything,
+    ``>= 1`` prunes everything); concrete ones are checked before they get here.
     """
     out: list = [None] * len(ns)
     traced = [i for i, s in enumerate(sparsities) if is_traced(s)]
@@ -94,10 +131,7 @@ def kept_counts(sparsities: list, ns: list[int]) -> list:
             out[i] = _exact_count(float(np.float32(s)), n)
     if traced:
         s = jnp.stack([jnp.asarray(sparsities[i], jnp.float32).reshape(()) for i in traced])
-        counts = jax.pure_callback(
-            _exact_counts_host, jax.ShapeDtypeStruct((len(traced),), jnp.int32), s,
-            np.asarray([ns[i] for i in traced], np.int64), vmap_method="sequential",
-        )
+        counts = _exact_counts_device(s, np.asarray([ns[i] for i in traced], np.int64))
         for j, i in enumerate(traced):
             out[i] = counts[j]
     return out
