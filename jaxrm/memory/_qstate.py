@@ -225,9 +225,21 @@ def _dynamic_values(codes: jax.Array, unsigned: jax.Array) -> jax.Array:
     return _get(_decode_table(), codes.astype(jnp.int32) + 256 * unsigned.astype(jnp.int32))
 
 
+_MAGIC = np.float32(1.5 * 2**23)  # 0 <= t < 2^22: t + _MAGIC has unit spacing
+
+
+def _rint(t: jax.Array) -> jax.Array:
+    """``round(t)`` (half to even) as int32 for ``0 <= t <= 255``, without a rounding op.
+
+    The sum rounds to the integer nearest ``t``, ties to even, as every float addition
+    rounds; its low mantissa bits are that integer. The compiler vectorizes an addition
+    and a subtraction of bits, not its rounding instruction."""
+    return jax.lax.bitcast_convert_type(t + _MAGIC, jnp.int32) - int(_MAGIC.view(np.int32))
+
+
 def _linear_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
-    signed = jnp.clip(jnp.round((v + 1.0) * 127.0), 0, 254)
-    positive = jnp.clip(jnp.round(v * 255.0), 0, 255)
+    signed = _rint(jnp.clip((v + 1.0) * 127.0, 0, 254))
+    positive = _rint(jnp.clip(v * 255.0, 0, 255))
     positive = jnp.where(v > 0, jnp.maximum(positive, 1), positive)  # as above
     return jnp.where(unsigned, positive, signed).astype(jnp.uint8)
 

@@ -266,3 +266,17 @@ def test_block_ranges_of_rows_and_tails_match_numpy(n):
         assert np.mean(got != codes) < 1e-4 and np.all(np.abs(got - codes) <= 1)
         err = np.abs(np.asarray(memory.dequantize_blocks(q), np.float64) - x)
         assert np.all(err <= np.abs(back - x) + 1e-6 * np.repeat(absmax, 2048)[:n])
+
+
+def test_linear_rounding_is_round_half_to_even():
+    # the addition that rounds linear codes, against np.rint at every half-integer tie and
+    # its float32 neighbours over the codes' range (every float in [0, 255] agrees too;
+    # that check takes a minute and was run once)
+    from jaxrm.memory import _qstate
+
+    halves = np.arange(0, 255, dtype=np.float32) + np.float32(0.5)
+    t = np.concatenate([halves, np.nextafter(halves, 0), np.nextafter(halves, 256),
+                        np.arange(256, dtype=np.float32), [0.0, 1e-30, 255.0],
+                        np.random.default_rng(0).uniform(0, 255, 10000)]).astype(np.float32)
+    got = np.asarray(jax.jit(_qstate._rint)(jnp.asarray(t)))
+    np.testing.assert_array_equal(got, np.rint(t).astype(np.int32))
