@@ -5,7 +5,8 @@
    decode, stream and whole-file sizes.
 2. rANS at several stream lengths: jaxrm (constriction's coder behind the
    jaxrm section, table and checks included) against constriction called
-   directly (histogram, model and coder), encode and decode apart.
+   directly (histogram, model and coder), encode and decode apart. Short
+   streams are timed over many calls a run and more rounds.
 3. Many small leaves: 1024 Codebook leaves of 32x32 through ``coding.encode``
    / ``decode``: time and file bytes over the empirical entropy, per leaf.
 4. Fresh process: a user's one-off ``encode`` + ``decode`` of the 1M 5-bit
@@ -14,7 +15,8 @@
 
 Each table interleaves its contenders round by round (``_harness``), prints
 min and median, a memcpy of the data as the one-memory-pass yardstick, and
-the load average. Run: ``python benchmarks/coding.py [--rounds N] [--big]``.
+the load average. Run: ``python benchmarks/coding.py [--rounds N] [--big]
+[--only huffman|fresh|rans|small]``.
 """
 
 from __future__ import annotations
@@ -100,31 +102,48 @@ def rans(sizes, n_rounds):
                 n_rounds)
 
 
-def rans_at(constriction, sym, n_rounds):
-    n = len(sym)
-    print(f"\n-- rANS, {n:,} symbols (rounded normal over 32 symbols, "
-          f"entropy {8 * entropy_bytes(sym) / n:.4f} bits/symbol)")
+def constriction_bare(constriction, sym):
+    """constriction called directly on 32-symbol ``sym``: ``(encode, decode, words)``.
 
-    def c_encode():
+    ``encode`` builds the histogram, the model and the coder; ``decode``
+    decodes its words with that model (no table to read).
+    """
+    n = len(sym)
+
+    def encode():
         counts = np.bincount(sym, minlength=32)
         model = constriction.stream.model.Categorical(counts / n, perfect=False)
         coder = constriction.stream.stack.AnsCoder()
         coder.encode_reverse(sym.astype(np.int32), model)
         return coder.get_compressed(), model
 
-    words, model = c_encode()
+    words, model = encode()
+    return encode, lambda: constriction.stream.stack.AnsCoder(words).decode(model, n), words
+
+
+def rans_at(constriction, sym, n_rounds):
+    n = len(sym)
+    print(f"\n-- rANS, {n:,} symbols (rounded normal over 32 symbols, "
+          f"entropy {8 * entropy_bytes(sym) / n:.4f} bits/symbol)")
+    c_encode, c_decode, words = constriction_bare(constriction, sym)
     data = _ans.encode(sym, 32, 5)
     assert np.array_equal(_ans.decode(data, n, 32, 5), sym)
     contenders = {
         "jaxrm rANS encode": lambda: _ans.encode(sym, 32, 5),
         "constriction encode": c_encode,
         "jaxrm rANS decode": lambda: _ans.decode(data, n, 32, 5),
-        "constriction decode": lambda: constriction.stream.stack.AnsCoder(words).decode(
-            model, n
-        ),
+        "constriction decode": c_decode,
         "memcpy of the symbols as float32": memcpy([sym.astype(np.float32)]),
     }
-    times = rounds(contenders, n_rounds)
+    # Short streams: each timed run makes `reps` calls (about 2**17 symbols in
+    # all), so the timer's and the harness's per-run costs do not blur tens of us.
+    reps = max(1, (1 << 17) // n)
+    if reps > 1:
+        contenders = {k: lambda f=f: [f() for _ in range(reps)] and None
+                      for k, f in contenders.items()}
+        print(f"(each timed run: {reps} calls; times per call)")
+    times = rounds(contenders, n_rounds if reps == 1 else max(n_rounds, 30))  # rounds are cheap
+    times = {k: [t / reps for t in v] for k, v in times.items()}
     notes = {
         "jaxrm rANS encode": f"section {len(data):,} B "
         f"({len(data) / entropy_bytes(sym):.4f} x entropy)",
@@ -209,16 +228,23 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--big", action="store_true", help="rANS at 10M and 40M symbols too")
     parser.add_argument("--fresh-child", choices=("huffman", "ans"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=("huffman", "fresh", "rans", "small"),
+                        help="run one table")
     args = parser.parse_args()
     if args.fresh_child:
         fresh_child(args.fresh_child)
         return
     conditions("entropy coding: jaxrm.coding, dahuffman, constriction")
-    dahuffman_s = huffman(max(2, args.rounds // 2))
-    fresh(3, dahuffman_s)
-    sizes = [1024, 65_536, 1_000_000] + ([10_000_000, 40_000_000] if args.big else [])
-    rans(sizes, args.rounds)
-    small_leaves(max(2, args.rounds // 2))
+    run = (lambda name: args.only in (None, name))
+    dahuffman_s = huffman(max(2, args.rounds // 2)) if run("huffman") else float("nan")
+    if run("fresh"):
+        fresh(3, dahuffman_s)
+    # 1,024 symbols (a power of two: exact shares) and 1,000 (the rounding pass)
+    sizes = [1000, 1024, 65_536, 1_000_000] + ([10_000_000, 40_000_000] if args.big else [])
+    if run("rans"):
+        rans(sizes, args.rounds)
+    if run("small"):
+        small_leaves(max(2, args.rounds // 2))
 
 
 if __name__ == "__main__":

@@ -34,13 +34,15 @@ import numpy as np
 
 from jaxrm.coding import _ans_lanes, _bits
 from jaxrm.coding._bits import ByteReader, FormatError, bit_width, pack_fixed, unpack_fixed
-from jaxrm.coding._freq import quantize
+from jaxrm.coding._freq import quantize, quantize_list
 
 __all__ = ["MAX_SYMBOLS", "PRECISION", "decode", "encode", "precision_for"]
 
 PRECISION = 24  # constriction's Categorical
 MAX_SYMBOLS = 1 << 23  # used symbols; constriction needs fewer than 2**24
 _MARK = b"\x00\x00\x00\x00"
+_ZERO_WORD = bytes(4)
+_WORD = np.dtype("<u4")  # the stored words
 
 
 def precision_for(n: int, m: int) -> int:
@@ -63,33 +65,39 @@ def _weights(freq: np.ndarray, p: int) -> np.ndarray:
     return weights
 
 
-def _table(counts: np.ndarray, n: int, width: int):
-    """The used symbols, the section's head and the model's weights (``None`` if m < 2)."""
-    present = counts > 0
-    used = present.nonzero()[0]
+def _table(counts: np.ndarray, used: np.ndarray, n: int, width: int):
+    """The section's head and the model's weights, for ``m = len(used) >= 2`` symbols."""
     m = len(used)
-    if m > MAX_SYMBOLS:
-        raise ValueError(f"{m} distinct symbols exceed the rANS limit of {MAX_SYMBOLS}")
-    if m < 2:
-        return used, _degenerate(used, width), None
     p = precision_for(n, m)
-    freq = quantize(counts[used], p, positive=True)
     if m <= _bits.SMALL:  # numpy's per-call cost would be most of the work
-        freq_list = freq.tolist()
-        w = bit_width(max(freq_list) - 1)
-        stored = _bits.pack_list([f - 1 for f in freq_list], w)
-        scale = float(1 << (PRECISION - p))
-        weights = np.array([f * scale - 1.0 for f in freq_list])  # _weights, exactly
-    else:
-        w = bit_width(int(freq.max()) - 1)
-        stored = pack_fixed(freq - 1, w)
-        weights = _weights(freq, p)
+        used_list = used.tolist()
+        c = counts[used]
+        if (1 << p) % n == 0:  # n a power of two: every share is exact, none rounded
+            step = (1 << p) // n
+            freq = (c * step).tolist()  # = quantize(c, p)
+            weights = c * float(step << (PRECISION - p))
+        else:
+            freq = quantize_list(c.tolist(), p)
+            weights = np.array(freq, np.float64)
+            weights *= float(1 << (PRECISION - p))
+        weights -= 1.0  # _weights(freq, p), exactly
+        w = bit_width(max(freq) - 1)
+        stored = _bits.pack_list(freq, w, minus=1)
+        a = used_list[-1] + 1
+        if a <= m * width:
+            table = b"\x00" + _bits.varint(a) + np.packbits(counts[:a] > 0).tobytes()
+        else:
+            table = b"\x01" + _bits.varint(m) + _bits.pack_list(used_list, width)
+        return _MARK + table + bytes((p, w)) + stored, weights
+    freq = quantize(counts[used], p, positive=True)
+    w = bit_width(int(freq.max()) - 1)
+    stored = pack_fixed(freq - 1, w)
     a = int(used[-1]) + 1
     if a <= m * width:
-        table = b"\x00" + _bits.varint(a) + np.packbits(present[:a]).tobytes()
+        table = b"\x00" + _bits.varint(a) + np.packbits(counts[:a] > 0).tobytes()
     else:
         table = b"\x01" + _bits.varint(m) + pack_fixed(used, width)
-    return used, _MARK + table + bytes([p, w]) + stored, weights
+    return _MARK + table + bytes((p, w)) + stored, _weights(freq, p)
 
 
 def _degenerate(used, width: int) -> bytes:
@@ -119,24 +127,31 @@ def encode(
     n = len(sym)
     if counts is None:
         counts = _bits.histogram(sym, alphabet)
-    used, head, weights = _table(counts, n, width)
-    if weights is None:
-        return head
-    model = _model(weights)
+    used = counts.nonzero()[0]  # counts are non-negative
     m = len(used)
-    rank = None  # with no gaps below the largest used symbol, ranks are the symbols
-    if int(used[-1]) != m - 1:
+    if m > MAX_SYMBOLS:
+        raise ValueError(f"{m} distinct symbols exceed the rANS limit of {MAX_SYMBOLS}")
+    if m < 2:
+        return _degenerate(used, width)
+    head, weights = _table(counts, used, n, width)
+    model = _model(weights)
+    lo = int(used[0])
+    rank = None  # used symbols in one run from lo: their ranks are the symbols minus lo
+    if int(used[-1]) - lo != m - 1:
         rank = np.zeros(alphabet, np.int32)
         rank[used] = np.arange(m, dtype=np.int32)
     coder = constriction.stream.stack.AnsCoder()
-    for s, e in reversed(list(_bits.chunks(n))):
+    for s, e in reversed([(0, n)] if n <= _bits._CHUNK else list(_bits.chunks(n))):
         piece = sym[s:e]
-        coder.encode_reverse(
-            piece.astype(np.int32, copy=False) if rank is None else rank.take(piece), model
-        )
-    words = coder.get_compressed()
-    del coder
-    return head + words.astype("<u4", copy=False).tobytes()
+        if rank is not None:
+            ranks = rank.take(piece)
+        elif lo:
+            ranks = piece.astype(np.int32)
+            ranks -= lo
+        else:
+            ranks = piece.astype(np.int32, copy=False)
+        coder.encode_reverse(ranks, model)
+    return head + coder.get_compressed().astype(_WORD, copy=False).tobytes()
 
 
 def _read_symbols(r: ByteReader, mode: int, alphabet: int, width: int) -> np.ndarray:
@@ -155,6 +170,16 @@ def _read_symbols(r: ByteReader, mode: int, alphabet: int, width: int) -> np.nda
     raise FormatError(f"unknown rANS table mode {mode}")
 
 
+def _symbols(ranks: np.ndarray, table: np.ndarray | None, lo: int, out=None) -> np.ndarray:
+    """The used symbols of decoded ``ranks`` (``int32``, below the table's length)."""
+    if table is not None:
+        return table.take(ranks, out=out, mode="clip")
+    ranks = ranks.view(np.uint32)
+    if out is None and not lo:
+        return ranks
+    return np.add(ranks, np.uint32(lo), out=ranks if out is None else out)  # the coder's array
+
+
 def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> np.ndarray:
     """Decodes ``count`` symbols from a section made by [`encode`][jaxrm.coding.encode].
 
@@ -163,11 +188,10 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     Raises:
       FormatError: the section is not a well-formed stream of ``count`` symbols.
     """
-    data = memoryview(data)
-    if data[:4] != _MARK:
-        return _ans_lanes.decode(data, count, alphabet, width)
     r = ByteReader(data)
-    r.take(4)
+    if r.data[:4] != _MARK:
+        return _ans_lanes.decode(r.data, count, alphabet, width)
+    r.pos = 4
     used = _read_symbols(r, r.uint(1), alphabet, width)
     m = len(used)
     if m < 2:
@@ -178,42 +202,33 @@ def decode(data: bytes | memoryview, count: int, alphabet: int, width: int) -> n
     if count == 0:
         raise FormatError("empty rANS stream with content")
     p, w = r.uint(1), r.uint(1)
-    if not bit_width(m - 1) < p <= PRECISION or w > p:
+    if not (m - 1).bit_length() < p <= PRECISION or w > p:
         raise FormatError("bad rANS frequency precision")
     stored = r.take(-(-m * w // 8))
-    if m <= _bits.SMALL:  # numpy's per-call cost would be most of the work
-        freq = _bits.unpack_list(stored, m, w)
-        total = sum(freq) + m
-        scale = float(1 << (PRECISION - p))
-        weights = np.array([f * scale + (scale - 1.0) for f in freq])  # _weights(freq + 1)
-    else:
-        freq = unpack_fixed(stored, m, w).astype(np.int64)
-        freq += 1
-        total = int(freq.sum())
-        weights = _weights(freq, p)
+    freq = unpack_fixed(stored, m, w)  # the frequencies minus 1
+    total = int(freq.sum()) + m
+    scale = float(1 << (PRECISION - p))
+    weights = freq * scale
+    weights += scale - 1.0  # _weights(freq + 1, p), exactly
     if total != 1 << p:
         raise FormatError(f"rANS frequencies do not sum to 2**{p}")
     rest = r.take(r.remaining())
     if len(rest) % 4:
         raise FormatError("rANS word stream is not a whole number of words")
-    words = np.frombuffer(rest, "<u4").astype(np.uint32, copy=False)
-    if len(words) and words[-1] == 0:
+    if rest[-4:] == _ZERO_WORD:
         raise FormatError("rANS word stream does not end in its head word")
+    words = np.frombuffer(rest, _WORD).astype(np.uint32, copy=False)
     coder = constriction.stream.stack.AnsCoder(words)
     model = _model(weights)
-    # Ranks are below m; with no gaps in the used symbols they are the symbols.
-    table = None if int(used[-1]) == m - 1 else used.astype(np.uint32)
+    # Ranks are below m; with the used symbols in one run from lo they are symbols - lo.
+    lo = int(used[0])
+    table = None if int(used[-1]) - lo == m - 1 else used.astype(np.uint32)
     if count <= _bits._CHUNK:
-        ranks = coder.decode(model, count)
-        out = ranks.view(np.uint32) if table is None else table.take(ranks, mode="clip")
+        out = _symbols(coder.decode(model, count), table, lo)
     else:
         out = np.empty(count, np.uint32)
         for s, e in _bits.chunks(count):
-            ranks = coder.decode(model, e - s)
-            if table is None:
-                out[s:e] = ranks
-            else:
-                table.take(ranks, out=out[s:e], mode="clip")
+            _symbols(coder.decode(model, e - s), table, lo, out[s:e])
     if not coder.is_empty():
         raise FormatError("rANS stream does not end in its initial state")
     return out

@@ -6,8 +6,7 @@ import numpy as np
 
 __all__ = [
     "ByteReader", "FormatError", "bit_width", "chunks", "histogram", "pack_fixed", "pack_list",
-    "unpack_fixed", "unpack_list",
-    "varint",
+    "unpack_fixed", "varint",
 ]
 
 # Symbols are processed in chunks so that the (n, width) bit matrix stays small.
@@ -52,23 +51,16 @@ def pack_fixed(symbols: np.ndarray, width: int) -> bytes:
     return np.concatenate(parts).tobytes()
 
 
-def pack_list(values: list[int], width: int) -> bytes:
-    """`pack_fixed` of a short Python list (its values below ``2**width``), in Python ints."""
+def pack_list(values: list[int], width: int, minus: int = 0) -> bytes:
+    """`pack_fixed` of a short Python list, in Python ints.
+
+    Writes ``v - minus`` for each value ``v`` (each result below ``2**width``).
+    """
     big = 0
     for v in values:
-        big = (big << width) | v
+        big = (big << width) | (v - minus)
     nbits = len(values) * width
     return (big << (-nbits % 8)).to_bytes(-(-nbits // 8), "big")
-
-
-def unpack_list(data: bytes | memoryview, count: int, width: int) -> list[int]:
-    """`unpack_fixed` into a Python list, in Python ints: for short tables."""
-    nbits = count * width
-    if len(data) * 8 < nbits:
-        raise FormatError("fixed-width stream is shorter than its symbol count")
-    big = int.from_bytes(data[: -(-nbits // 8)], "big") >> (-nbits % 8)
-    top = (1 << width) - 1
-    return [(big >> (width * i)) & top for i in range(count - 1, -1, -1)]
 
 
 def unpack_fixed(data: bytes | memoryview, count: int, width: int) -> np.ndarray:

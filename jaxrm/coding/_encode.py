@@ -37,6 +37,9 @@ class _Writer:
         self.raw_refs: list[dict] = []
         self.raw_length = 0
         self.runs: list[tuple[dict, np.ndarray, int, str, str]] = []
+        # codecs whose size estimates chose a leaf's layout (index width, pieces)
+        self.estimated: set[str] = set()
+        self._cached_groups: list[list[int]] | None = None
 
     def raw(self, arr: np.ndarray) -> dict:
         data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
@@ -59,10 +62,21 @@ class _Writer:
             return [self.symbols(part, alphabet, codec, role) for part in np.split(sym, bounds)]
         ref: dict = {}
         self.runs.append((ref, sym, alphabet, codec, role))
+        self._cached_groups = None
         return ref
+
+    def recode(self, old: str, new: str) -> None:
+        """Gives the runs of codec ``old`` codec ``new`` (the leaves' layout stays)."""
+        self.runs = [(*r[:3], new if r[3] == old else r[3], r[4]) for r in self.runs]
+        self._cached_groups = None
 
     def _groups(self) -> list[list[int]]:
         """Runs coded together: small runs of one codec and role share a stream."""
+        if self._cached_groups is None:
+            self._cached_groups = self._find_groups()
+        return self._cached_groups
+
+    def _find_groups(self) -> list[list[int]]:
         pools: dict[tuple, list[int]] = {}
         groups = []
         for i, (_, sym, alphabet, codec, role) in enumerate(self.runs):
@@ -82,21 +96,20 @@ class _Writer:
     def _worth_sharing(self, members: list[int], codec: str) -> list[int]:
         """Members whose symbols cost less under the pooled histogram than alone."""
         top = max(self.runs[i][2] for i in members)
-        hists = [np.bincount(self.runs[i][1], minlength=top) for i in members]
+        hists = np.stack([np.bincount(self.runs[i][1], minlength=top) for i in members])
+        alone = _streams.estimate_rows(hists, [self.runs[i][2] for i in members], codec)
+        alone += STREAM_BITS
+        keep = np.ones(len(members), bool)
         for _ in range(2):
-            total = np.sum(hists, axis=0) if hists else np.zeros(top)
+            total = hists[keep].sum(axis=0)
             if total.sum() == 0:
-                return members
-            logp = np.log2(np.maximum(total, 1) / total.sum())
-            keep = []
-            for i, h in zip(members, hists):
-                alone = _streams.estimate_bits(h[: self.runs[i][2]], codec) + STREAM_BITS
-                if -(h * logp).sum() <= alone:
-                    keep.append(i)
-            if len(keep) == len(members):
                 break
-            members, hists = keep, [hists[members.index(i)] for i in keep]
-        return members
+            logp = np.log2(np.maximum(total, 1) / total.sum())
+            kept = keep & (-(hists @ logp) <= alone)
+            if np.array_equal(kept, keep):
+                break
+            keep = kept
+        return [i for i, k in zip(members, keep) if k]
 
     def floor_bytes(self) -> int:
         """Bytes `finish` writes at least: header, raw section and every stream's
@@ -206,11 +219,6 @@ def _settings_of(tree, leaves, masks, entropy, index_bits):
     return out
 
 
-def _write(plan: list[tuple]) -> bytes:
-    w, entries = _planned(plan)
-    return w.finish(entries)
-
-
 def _planned(plan: list[tuple]) -> tuple[_Writer, list[dict]]:
     """The records of ``plan``'s leaves and a writer holding their runs (nothing coded)."""
     w = _Writer()
@@ -283,10 +291,14 @@ def encode(
         raise ValueError(f"entropy must be 'huffman', 'ans' or 'none', got {entropy!r}")
     leaves = _flatten(tree)
     plan = _settings_of(tree, leaves, masks, entropy, index_bits)
-    data = _write(plan)
+    w, entries = _planned(plan)
+    data = w.finish(entries)
     if any(e == "ans" for *_, e, _ in plan):  # never larger than the same tree under Huffman
-        w, entries = _planned([(*p[:3], "huffman" if p[3] == "ans" else p[3], p[4])
-                               for p in plan])
+        if "ans" in w.estimated:  # layouts chosen by rANS estimates: plan Huffman's own
+            w, entries = _planned([(*p[:3], "huffman" if p[3] == "ans" else p[3], p[4])
+                                   for p in plan])
+        else:  # Huffman's plan is this one: its records are rewritten by `finish`
+            w.recode("ans", "huffman")
         if len(data) <= w.floor_bytes():  # the Huffman file cannot be smaller: not written
             return data
         plain = w.finish(entries)

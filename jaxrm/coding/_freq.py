@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["entropy_bits", "quantize"]
+__all__ = ["entropy_bits", "quantize", "quantize_list"]
 
 
 def quantize(counts: np.ndarray, precision: int, *, positive: bool = False) -> np.ndarray:
@@ -43,6 +43,31 @@ def quantize(counts: np.ndarray, precision: int, *, positive: bool = False) -> n
         order = np.argsort(-f, kind="stable")
         take = order[f[order] > 1][: -diff]
         f[take] -= 1
+        diff += len(take)
+    return f
+
+
+def quantize_list(counts: list[int], precision: int) -> list[int]:
+    """`quantize` of positive counts, in Python ints and floats: for short tables.
+
+    The same frequencies as ``quantize(counts, precision, positive=True)``, step
+    for step (the same float64 shares, floors and stable orders), without
+    numpy's per-call cost, which is most of the work for a few dozen symbols.
+    """
+    top = 1 << precision
+    scale = top / sum(counts)
+    exact = [c * scale for c in counts]
+    f = [int(e) or 1 for e in exact]  # the floor, at least 1
+    diff = top - sum(f)
+    if diff > 0:  # hand out the remainder by the largest rounding losses
+        neg_loss = [a - e for a, e in zip(f, exact)]
+        for i in sorted(range(len(f)), key=neg_loss.__getitem__)[:diff]:
+            f[i] += 1
+    while diff < 0:  # clipping at 1 overshot: take from the largest
+        order = sorted(range(len(f)), key=f.__getitem__, reverse=True)
+        take = [i for i in order if f[i] > 1][:-diff]
+        for i in take:
+            f[i] -= 1
         diff += len(take)
     return f
 

@@ -153,7 +153,7 @@ def slice_entries(centroids: tuple[int, ...], shape: tuple[int, ...]) -> int | N
     return math.prod(shape[axes[-1] + 1 :]) if axes else None
 
 
-def _pieces(sym: np.ndarray, alphabet: int, bounds: np.ndarray, codec: str):
+def _pieces(w, sym: np.ndarray, alphabet: int, bounds: np.ndarray, codec: str):
     """``bounds`` if coding each piece of ``sym`` apart is estimated smaller, else None.
 
     Different slices (layers of a scanned stack) may use their symbols very
@@ -164,6 +164,7 @@ def _pieces(sym: np.ndarray, alphabet: int, bounds: np.ndarray, codec: str):
         return None
     if len(bounds) + 1 > mf.MAX_PIECES:
         return None
+    w.estimated.add(codec)
     edges = [0, *bounds.tolist(), len(sym)]
     hists = [np.bincount(sym[a:b], minlength=alphabet) for a, b in itertools.pairwise(edges)]
     pooled = _estimate(np.sum(hists, axis=0), codec)
@@ -181,6 +182,7 @@ def _sparse_record(w, mask, value_sym, alphabet, raw_values, codec, bits, per=No
     if bits is None:
         counts = None if value_sym is None else np.bincount(value_sym, minlength=alphabet)
         raw_bits = 0 if raw_values is None else raw_values.dtype.itemsize * 8
+        w.estimated.add(codec)
         bits, _ = _choose_index_bits(gap, counts, codec, raw_bits)
     codes, real = _sparse.relative_indices(gap, bits)
     bounds = None
@@ -188,14 +190,14 @@ def _sparse_record(w, mask, value_sym, alphabet, raw_values, codec, bits, per=No
         pos = np.cumsum(codes + 1) - 1  # each stored entry's flat position
         bounds = np.searchsorted(pos, np.arange(per, mask.size, per))
     entry: dict = {"index_bits": bits, "kept": len(real)}
-    cut = None if bounds is None else _pieces(codes, 1 << bits, bounds, codec)
+    cut = None if bounds is None else _pieces(w, codes, 1 << bits, bounds, codec)
     entry["index"] = w.symbols(codes, 1 << bits, codec, "index", cut)
     fillers = len(codes) > len(real)
     if value_sym is not None:
         sym = np.full(len(codes), alphabet, np.int64)
         sym[real] = value_sym
         entry["filler"] = alphabet if fillers else None
-        cut = None if bounds is None else _pieces(sym, alphabet + fillers, bounds, codec)
+        cut = None if bounds is None else _pieces(w, sym, alphabet + fillers, bounds, codec)
         entry["values"] = w.symbols(sym, alphabet + fillers, codec, "values", cut)
     else:
         vals = np.zeros(len(codes), raw_values.dtype)  # fillers hold +0
@@ -241,7 +243,7 @@ def codebook(w, path: str, leaf: Codebook, mask, codec: str, bits) -> dict:
     }
     per = slice_entries(cent.shape, idx.shape)
     if mask is None:
-        cut = None if per is None else _pieces(kept, k, np.arange(per, kept.size, per), codec)
+        cut = None if per is None else _pieces(w, kept, k, np.arange(per, kept.size, per), codec)
         entry["values"] = w.symbols(kept, k, codec, "values", cut)
     else:
         entry.update(_sparse_record(w, mask, kept, k, None, codec, bits, per))
@@ -300,7 +302,7 @@ def qarray(w, path: str, leaf: QArray, mask, codec: str, bits) -> dict:
     return entry
 
 
-def _zeros_mask(arr: np.ndarray, codec: str, bits) -> np.ndarray | None:
+def _zeros_mask(w, arr: np.ndarray, codec: str, bits) -> np.ndarray | None:
     """The mask of a float leaf's non-(+0.0) entries, if storing it sparse is smaller."""
     if arr.dtype.name not in mf.FLOATS or arr.size < 64:
         return None
@@ -311,6 +313,7 @@ def _zeros_mask(arr: np.ndarray, codec: str, bits) -> np.ndarray | None:
     width = arr.dtype.itemsize * 8
     gap = _sparse.gaps(keep)
     if bits is None:
+        w.estimated.add(codec)
         _, cost = _choose_index_bits(gap, None, codec, width)
     else:
         fillers = int(((gap - 1) >> bits).sum())
@@ -322,7 +325,7 @@ def array(w, path: str, leaf: Any, mask, codec: str, bits) -> dict:
     arr = np.asarray(leaf)
     name = _dtype_name(arr.dtype, path)
     if mask is None:
-        mask = _zeros_mask(arr, codec, bits)
+        mask = _zeros_mask(w, arr, codec, bits)
     if mask is None:
         return {"kind": "raw", "shape": list(arr.shape), "dtype": name, "data": w.raw(arr)}
     entry = {"kind": "sparse", "shape": list(arr.shape), "dtype": name}

@@ -9,7 +9,7 @@ from jaxrm.coding._bits import FormatError, bit_width, histogram, pack_fixed, un
 
 __all__ = [
     "CODECS", "ENTROPY_MODES", "MAX_ENTROPY_ALPHABET", "decode", "encode", "estimate_bits",
-    "floor_bytes",
+    "estimate_rows", "floor_bytes",
 ]
 
 ENTROPY_MODES = {"huffman": "huffman", "ans": "ans", "none": "fixed"}
@@ -101,8 +101,36 @@ def estimate_bits(counts: np.ndarray, codec: str, *, or_huffman: bool = False) -
     entropy = float(-(cf * np.log2(cf / n)).sum())
     if used > 4096:  # rANS falls back to Huffman here; building the code would be slow
         return entropy + 0.03 * n + table
+    ans = entropy * 1.004 + table * 3
+    if codec == "ans" and not or_huffman:  # no Huffman code to build
+        return ans
     huffman = _huffman.cost(c) + table
     if codec == "huffman":
         return float(huffman)
-    ans = entropy * 1.004 + table * 3
-    return min(ans, huffman) if or_huffman else ans
+    return min(ans, huffman)
+
+
+def estimate_rows(hists: np.ndarray, alphabets: list[int], codec: str) -> np.ndarray:
+    """`estimate_bits` of each stream ``hists[i, :alphabets[i]]`` (entropy codecs).
+
+    The streams' entropies and tables are computed together; a Huffman
+    estimate needs each stream's code too, built one by one.
+    """
+    alphabet = np.asarray(alphabets, np.int64)
+    width = np.array([bit_width(a - 1) for a in alphabets], np.int64)
+    used = np.count_nonzero(hists, axis=1)
+    n = hists.sum(axis=1)
+    cf = hists.astype(np.float64)
+    share = cf / np.maximum(n, 1)[:, None]
+    entropy = -(cf * np.log2(np.where(cf > 0, share, 1.0))).sum(axis=1)
+    table = np.minimum(alphabet * 5, used * (width + 5)) + 80
+    apart = (n == 0) | (used > 4096) | (alphabet > MAX_ENTROPY_ALPHABET)  # other formulas
+    if codec == "ans":
+        out = entropy * 1.004 + table * 3
+    else:
+        out = table.astype(np.float64)
+        for i in np.flatnonzero(~apart):
+            out[i] += _huffman.cost(hists[i])
+    for i in np.flatnonzero(apart):
+        out[i] = estimate_bits(hists[i, : alphabets[i]], codec)
+    return out

@@ -42,6 +42,19 @@ def test_quantized_frequencies_sum_and_cover(counts):
     assert np.all((f > 0) == (np.asarray(counts) > 0))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 10**6), min_size=1, max_size=64),
+    st.integers(0, 8),
+)
+def test_python_int_quantization_is_the_numpy_one(counts, extra):
+    # from barely enough slots (clipping at 1 overshoots) to many per symbol
+    p = max(1, (len(counts) - 1).bit_length()) + extra
+    want = _freq.quantize(np.asarray(counts), p, positive=True)
+    assert _freq.quantize_list(counts, p) == want.tolist()
+    assert _freq.quantize_list(counts, p) == _freq.quantize(np.asarray(counts), p).tolist()
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.3])
 def test_within_half_a_percent_of_the_entropy(scale):
     rng = np.random.default_rng(1)
@@ -144,13 +157,8 @@ def read_bits(data, pos, count, width):
     return vals, pos + nbytes
 
 
-def reference_decode(data, count, width):
-    """A rANS decoder written from the section's definition alone (no jaxrm, no library).
-
-    State: 64 bits; words: 32 bits, read from the end of the word list (a
-    stack); frequencies scaled to 2**24; the stream starts from its last one
-    or two words and ends in state 0 with no word left.
-    """
+def reference_table(data, width):
+    """The used symbols, precision, frequencies and the words' offset of a section."""
     assert data[:4] == b"\x00\x00\x00\x00"
     mode, pos = data[4], 5
     x = shift = 0
@@ -168,7 +176,18 @@ def reference_decode(data, count, width):
         used, pos = read_bits(data, pos, x, width)
     p, w = data[pos], data[pos + 1]
     freq, pos = read_bits(data, pos + 2, len(used), w)
-    f = [(v + 1) << (24 - p) for v in freq]
+    return used, p, [v + 1 for v in freq], pos
+
+
+def reference_decode(data, count, width):
+    """A rANS decoder written from the section's definition alone (no jaxrm, no library).
+
+    State: 64 bits; words: 32 bits, read from the end of the word list (a
+    stack); frequencies scaled to 2**24; the stream starts from its last one
+    or two words and ends in state 0 with no word left.
+    """
+    used, p, freq, pos = reference_table(data, width)
+    f = [v << (24 - p) for v in freq]
     cum = [0, *itertools.accumulate(f)]
     assert cum[-1] == 1 << 24
     words = [int(v) for v in np.frombuffer(data[pos:], "<u4")]
@@ -218,6 +237,16 @@ def test_small_streams_have_small_headers():
     assert len(data) <= entropy_bytes(sym) * 1.01 + 8 + 8 + used * 11 / 8 + 4
     assert len(_ans.encode(np.full(1000, 3), 8, 3)) <= 8
     assert len(_ans.encode(np.zeros(0, np.int64), 8, 3)) <= 8
+
+
+@pytest.mark.parametrize("n", [1000, (1 << 20) + 5])  # one piece, and pieces
+@pytest.mark.parametrize("low, high", [(0, 9), (3, 9), (3, 31)])
+def test_symbols_in_one_run_above_zero_round_trip(n, low, high):
+    # used symbols low..high: ranks are the symbols minus low (no rank table)
+    sym = np.random.default_rng(n).integers(low, high + 1, n)
+    data = _ans.encode(sym, 32, 5)
+    np.testing.assert_array_equal(reference_decode(data, n, 5) if n < 5000 else sym, sym)
+    np.testing.assert_array_equal(_ans.decode(data, n, 32, 5), sym)
 
 
 @pytest.mark.parametrize("cut", [-1, -4, 4])
@@ -284,3 +313,35 @@ def test_stream_floor_bounds_the_section_from_below(seed, n, alphabet, codec):
     assert floor <= len(data)
     if meta["codec"] == "fixed":
         assert floor == len(data)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.sampled_from(["huffman", "ans"]))
+def test_estimates_of_many_streams_are_the_estimates_of_each(seed, rows, codec):
+    rng = np.random.default_rng(seed)
+    alphabets = rng.integers(1, 300, rows).tolist()
+    top = max(alphabets)
+    hists = np.zeros((rows, top), np.int64)
+    for i, a in enumerate(alphabets):  # some empty, some one symbol, some spread
+        n = int(rng.choice([0, 1, 50, 5000]))
+        hists[i] = np.bincount(normal_symbols(seed + i, n, a, float(rng.uniform(0.02, 3))),
+                               minlength=top)
+    want = [_streams.estimate_bits(h[:a], codec) for h, a in zip(hists, alphabets)]
+    np.testing.assert_allclose(_streams.estimate_rows(hists, alphabets, codec), want, rtol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 15), st.sampled_from([2, 5, 32, 64]),
+       st.floats(0.02, 3.0))
+def test_stored_frequencies_are_the_quantized_histogram(seed, log_n, alphabet, spread):
+    # lengths of powers of two take exact shares without the rounding pass
+    for n in (1 << log_n, (1 << log_n) + 3):
+        sym = normal_symbols(seed, n, alphabet, spread)
+        counts = np.bincount(sym, minlength=alphabet)
+        if np.count_nonzero(counts) < 2:
+            continue
+        width = (alphabet - 1).bit_length()
+        used, p, freq, _ = reference_table(_ans.encode(sym, alphabet, width), width)
+        assert used == counts.nonzero()[0].tolist()
+        assert p == _ans.precision_for(n, len(used))
+        assert freq == _freq.quantize(counts, p)[used].tolist()

@@ -2,6 +2,7 @@
 
 import os
 import stat
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -225,6 +226,46 @@ def test_ans_never_larger_than_huffman_property(seed, specs):
         tree[f"l{i}"], masks[f"l{i}"] = make_leaf(rng, kind, shape, density, bits, "float32")
     assert len(coding.encode(tree, masks=masks, entropy="ans")) <= len(
         coding.encode(tree, masks=masks))
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.tuples(
+    st.sampled_from(["codebook", "codebook-arg", "qarray", "qarray-masked", "masked", "dense"]),
+    st.lists(st.integers(1, 40), min_size=1, max_size=2).map(tuple),
+    st.sampled_from([0.05, 0.5, 1.0]), st.integers(1, 6)), min_size=1, max_size=6),
+    st.sampled_from(["huffman", "none"]))
+def test_the_huffman_twin_is_the_huffman_file(seed, specs, other):
+    # Where no rANS estimate chose a layout, the twin reuses the ANS plan with
+    # its codecs changed; either way it is byte for byte the Huffman file.
+    rng = np.random.default_rng(seed)
+    tree, masks = {}, {}
+    for i, (kind, shape, density, bits) in enumerate(specs):
+        tree[f"l{i}"], masks[f"l{i}"] = make_leaf(rng, kind, shape, density, bits, "float32")
+    rules = [("l0", other), (".*", "ans")]
+    files, plans = [], []
+    finish, planned = _encode._Writer.finish, _encode._planned
+    with mock.patch.object(_encode._Writer, "finish",
+                           lambda w, e: files.append(finish(w, e)) or files[-1]), \
+         mock.patch.object(_encode, "_planned", lambda p: plans.append(1) or planned(p)):
+        ans = coding.encode(tree, masks=masks, entropy=rules)
+    huff = coding.encode(tree, masks=masks, entropy=[("l0", other), (".*", "huffman")])
+    assert len(ans) <= len(huff) and ans == min(files, key=len)
+    if len(files) == 2:  # not skipped by its lower bound
+        assert files[1] == huff
+    if all(k in ("qarray", "dense") for k, *_ in specs):  # no mask: no index width to choose
+        assert len(plans) == 1
+
+
+def test_many_small_dense_leaves_plan_once():
+    tree, _ = _small_leaves(64)
+    files = []
+    finish = _encode._Writer.finish
+    with mock.patch.object(_encode._Writer, "finish",
+                           lambda w, e: files.append(finish(w, e)) or files[-1]), \
+         mock.patch.object(_encode, "_planned", wraps=_encode._planned) as planned:
+        ans = coding.encode(tree, entropy="ans")
+    assert planned.call_count == 1 and len(files) == 2  # the twin is written, not planned
+    assert files[1] == coding.encode(tree) and len(ans) <= len(files[1])
 
 
 # ------------------------------------------------------- per-leaf settings
