@@ -16,6 +16,11 @@ time of one memcpy of the model's parameters and the machine's load average.
 Then, for a 25M-parameter Transformer LM (8 blocks, d=512; step time only)
 and for each model, the optimizer update alone (gradients given), so the
 coding's own cost shows beside the step's.
+
+With --parts (about 20 s): LeNet's training step with float Adam, with the
+8-bit state, and with the 8-bit state less its encoding pass, its block maxima,
+its sign test or all three (an ablation, not a usable optimizer), so each
+pass's share of the step shows.
 """
 
 import argparse
@@ -197,13 +202,77 @@ def report(title, loss, init, txs, runs, batch, n_rounds):
           notes={"memcpy": "one pass over the parameters"})
 
 
+def parts(n_rounds):
+    """LeNet's training step with float Adam, with the 8-bit state, and with the 8-bit
+    state less one of its passes (an ablation, not a usable optimizer: the codes or the
+    scales it stores are wrong), so each pass's share of the step shows."""
+    import contextlib
+
+    from jaxrm.memory import _qstate as q
+
+    full_range, full_coders = q._block_range, q._CODERS
+
+    def ones_range(flat, block):
+        return jnp.ones(-(-flat.size // block)), jnp.min(flat) >= 0
+
+    def no_sign(flat, block):
+        return full_range(flat, block)[0], jnp.asarray(False)
+
+    def neither(flat, block):
+        return ones_range(flat, block)[0], jnp.asarray(False)
+
+    no_codes = {"dynamic": (lambda v, u: jnp.zeros(v.shape, jnp.uint8), q._dynamic_values)}
+    ablations = {
+        "adam 8-bit": {},
+        "  less encoding": {"_CODERS": no_codes},
+        "  less block maxima": {"_block_range": ones_range},
+        "  less sign test": {"_block_range": no_sign},
+        "  decoding only": {"_block_range": neither, "_CODERS": no_codes},
+    }
+
+    @contextlib.contextmanager
+    def patched(names):
+        saved = {n: getattr(q, n) for n in names}
+        try:
+            for n, f in names.items():
+                setattr(q, n, f)
+            q._quantize.clear_cache()  # a jitted helper: trace it again with the patch
+            yield
+        finally:
+            for n, f in saved.items():
+                setattr(q, n, f)
+            q._quantize.clear_cache()
+
+    (xtr, ytr), _ = digits_data()
+    net = LeNet300()
+    loss = cls_loss(net)
+    params = net.init(jax.random.key(0), jnp.zeros((1, 784)))
+    batch = (jnp.asarray(xtr[:64]), jnp.asarray(ytr[:64]))
+    contenders = {}
+    for name, names in {"adam": None, **ablations}.items():
+        tx = optax.adam(1e-3) if names is None else memory.quantized_state(optax.adam(1e-3))
+        state = tx.init(params)
+        with patched(names or {}):  # traced and compiled with the pass removed
+            step = make_step(loss, tx).lower(params, state, batch).compile()
+        contenders[name] = lambda f=step, s=state: f(params, s, batch)
+    contenders["memcpy"] = memcpy(jax.tree.leaves(params))
+    assert q._block_range is full_range and q._CODERS is full_coders
+    table(rounds(contenders, n_rounds), "adam",
+          notes={"adam 8-bit": "target <= 1.15 x adam", "memcpy": "one pass over the parameters"})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--large-rounds", type=int, default=4)
+    ap.add_argument("--parts", action="store_true", help="time the update's passes alone")
     args = ap.parse_args()
+    if args.parts:
+        conditions("8-bit state: LeNet-300-100's step less each pass of the 8-bit update")
+        parts(args.rounds * 10)
+        return
     conditions("8-bit optimizer state against float Adam")
 
     seq, batch = 64, 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -94,26 +94,52 @@ class BlockQuantized:
     mapping: str
 
 
-def _per_block(flat: jax.Array, block: int, fn: Callable[..., jax.Array], *rows: Any) -> list:
-    """``fn(part, *row_slices)`` on the whole blocks, shaped ``(blocks, block)``, and on
-    the shorter last block, shaped ``(1, rest)``, each with its rows of the per-block
-    arrays ``rows``: no padded copy of the tensor is made."""
-    whole = flat.size // block
-    parts = []
-    if whole:
-        parts.append(fn(flat[: whole * block].reshape(whole, block), *(r[:whole] for r in rows)))
-    if whole * block < flat.size:
-        parts.append(fn(flat[whole * block :].reshape(1, -1), *(r[whole:] for r in rows)))
-    return parts
+# Both passes over a tensor read it in place. The block ranges come from rows of
+# gcd(size, block) entries, a free reshape that never straddles a block however the size
+# falls against the block (a second, tiny reduction joins the rows of each block); only
+# where that gcd is narrow (an odd size) are the whole blocks and the short last one
+# reduced apart, through slices. Per-block scales reach each entry by a broadcast of the
+# (blocks, block) grid cut to the size, which fuses into the elementwise pass, so no
+# padded or concatenated copy of the tensor is made.
+_MIN_ROW = 16
 
 
-def _cat(parts: list) -> jax.Array:
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+def _block_range(flat: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
+    """(absolute maximum of each block, whether ``flat`` has no negative entry).
+
+    A NaN makes its block's maximum NaN and the tensor signed, as ``max(|x|)`` and
+    ``min(x) >= 0`` do."""
+    size = flat.size
+    width = math.gcd(size, block)
+    if width >= min(block, _MIN_ROW):
+        hi = jnp.max(jnp.abs(flat.reshape(-1, width)), axis=1)
+        per = block // width
+        if per > 1:
+            blocks = -(-size // block)
+            pad = (0, blocks * per - hi.size)
+            hi = jnp.pad(hi, pad).reshape(blocks, per).max(axis=1)
+    else:
+        whole = size // block * block
+        parts = [flat[:whole].reshape(-1, block)] if whole else []
+        parts += [flat[whole:].reshape(1, -1)] if whole < size else []
+        hi = jnp.concatenate([jnp.max(jnp.abs(b), axis=1) for b in parts])
+    # The whole tensor's minimum is read straight off the new moment, a reduction the
+    # compiler cannot fuse into, so it writes the moment out once and every pass reads
+    # it; with only fusible readers it recomputes the moment in each of them from the
+    # decoded old one and keeps that decoded copy in float (its lookup is not duplicated).
+    return hi, jnp.min(flat) >= 0
+
+
+def _per_entry(per_block: jax.Array, size: int, block: int) -> jax.Array:
+    """Each block's value repeated for its entries, cut to ``size`` (fuses, no copy)."""
+    grid = jnp.broadcast_to(per_block[:, None], (per_block.size, block))
+    return grid.reshape(-1)[:size]
 
 
 # Coding by table lookups. A gather from a table that stays in cache, its index promised
-# in bounds, costs about one cast per entry on a CPU; what is slow is a search (eight
-# dependent gathers) or a long chain of per-decade selects and exponentials.
+# in bounds, is one scalar load per entry on a CPU (the compiler does not vectorize it),
+# and still cheaper than arithmetic: a search is eight dependent gathers, and a chain of
+# per-decade selects, even without the corrections exactness needs, is slower.
 #
 # Encoding reads the nearest code off the bits of a = |x| / absmax in [0, 1]: the bits
 # shifted right by _SHIFT (the exponent and top mantissa bits) name a cell of relative
@@ -123,9 +149,12 @@ def _cat(parts: list) -> jax.Array:
 # rank of the code nearest the cell's lower end and another those low bits (2^_SHIFT: no
 # midpoint), and rank = rank table + (low bits of a >= low table) is exactly the nearest
 # code, the argmin over the 256 codes of the numpy reference in the tests (a tie goes to
-# the larger magnitude). Two tables, each read once, let the compiler fuse both lookups
-# into the encoding loop (one table read twice is gathered into a buffer first). Cells
-# below 2^-24 (far under the smallest code's midpoint with 0) share the first cell.
+# the larger magnitude). Both live in one int32 table read once per entry, as
+# (rank << 16) + (2^16 - low): adding the entry's low bits carries into the rank exactly
+# when they reach the midpoint's, so rank = (table + low bits of a) >> 16 (a table entry
+# read twice would be gathered into a buffer first; one gather, used once, fuses into the
+# encoding loop). Cells below 2^-24 (far under the smallest code's midpoint with 0)
+# share the first cell.
 
 _SHIFT = 15
 _LOW = (1 << _SHIFT) - 1
@@ -137,6 +166,13 @@ def _magnitudes(signed: bool) -> np.ndarray:
     """The map's codes of one sign, from 0 upward (what encoding ranks |x| among)."""
     table = dynamic_map(signed)
     return table[table >= 0].astype(np.float32)
+
+
+@functools.cache
+def _encode_table() -> np.ndarray:
+    """``(rank << 16) + 2^16 - low`` per cell (int32), signed cells then unsigned."""
+    ranks, lows = _encode_tables()
+    return ((ranks.astype(np.int64) << 16) + (1 << 16) - lows).astype(np.int32)
 
 
 @functools.cache
@@ -176,9 +212,7 @@ def _dynamic_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
     bits = jax.lax.bitcast_convert_type(jnp.abs(v), jnp.int32)  # ordered like |v| >= 0
     cell = jnp.clip((bits >> _SHIFT) - _FIRST, 0, _CELLS - 1)  # NaN and inf: the last
     cell = cell + unsigned.astype(jnp.int32) * _CELLS
-    ranks, lows = _encode_tables()
-    r = _get(ranks, cell).astype(jnp.int32)
-    r = r + ((bits & _LOW) >= _get(lows, cell).astype(jnp.int32)).astype(jnp.int32)
+    r = (_get(_encode_table(), cell) + (bits & _LOW)) >> 16
     # signed: 0 is code 127, positive codes 128..255 (1.0 is the last), negative ones
     # 126..0 (the map has no -1: the most negative code is the nearest to it).
     # unsigned: a positive entry never becomes 0: the unsigned map codes second moments,
@@ -192,9 +226,21 @@ def _dynamic_values(codes: jax.Array, unsigned: jax.Array) -> jax.Array:
     return _get(_decode_table(), codes.astype(jnp.int32) + 256 * unsigned.astype(jnp.int32))
 
 
+_MAGIC = np.float32(1.5 * 2**23)  # 0 <= t < 2^22: t + _MAGIC has unit spacing
+
+
+def _rint(t: jax.Array) -> jax.Array:
+    """``round(t)`` (half to even) as int32 for ``0 <= t <= 255``, without a rounding op.
+
+    The sum rounds to the integer nearest ``t``, ties to even, as every float addition
+    rounds; its low mantissa bits are that integer. The compiler vectorizes an addition
+    and a subtraction of bits, not its rounding instruction."""
+    return jax.lax.bitcast_convert_type(t + _MAGIC, jnp.int32) - int(_MAGIC.view(np.int32))
+
+
 def _linear_codes(v: jax.Array, unsigned: jax.Array) -> jax.Array:
-    signed = jnp.clip(jnp.round((v + 1.0) * 127.0), 0, 254)
-    positive = jnp.clip(jnp.round(v * 255.0), 0, 255)
+    signed = _rint(jnp.clip((v + 1.0) * 127.0, 0, 254))
+    positive = _rint(jnp.clip(v * 255.0, 0, 255))
     positive = jnp.where(v > 0, jnp.maximum(positive, 1), positive)  # as above
     return jnp.where(unsigned, positive, signed).astype(jnp.uint8)
 
@@ -212,15 +258,10 @@ def _quantize(x: jax.Array, block: int, mapping: str) -> tuple[jax.Array, ...]:
     flat = x.reshape(-1).astype(jnp.float32)
     if flat.size == 0:
         return jnp.zeros(0, jnp.uint8), jnp.zeros(0, jnp.float32), jnp.asarray(True)
-    absmax = _cat(_per_block(flat, block, lambda b: jnp.max(jnp.abs(b), axis=1)))
-    unsigned = jnp.min(flat) >= 0
+    absmax, unsigned = _block_range(flat, block)
     scale = 1.0 / jnp.where(absmax > 0, absmax, 1.0)
-    to_codes = _CODERS[mapping][0]
-
-    def encode(b: jax.Array, s: jax.Array) -> jax.Array:
-        return to_codes(b * s[:, None], unsigned).reshape(-1)
-
-    return _cat(_per_block(flat, block, encode, scale)), absmax, unsigned
+    codes = _CODERS[mapping][0](flat * _per_entry(scale, flat.size, block), unsigned)
+    return codes, absmax, unsigned
 
 
 def quantize_blocks(x: Any, *, block: int = 2048, mapping: str = "dynamic") -> BlockQuantized:
@@ -256,12 +297,9 @@ def dequantize_blocks(q: BlockQuantized) -> jax.Array:
 def _dequantize(q: BlockQuantized) -> jax.Array:
     if q.codes.size == 0:
         return jnp.zeros(q.shape, q.dtype)
-    to_values = _CODERS[q.mapping][1]
-
-    def decode(c: jax.Array, s: jax.Array) -> jax.Array:
-        return (to_values(c, q.unsigned) * s[:, None]).reshape(-1)
-
-    return _cat(_per_block(q.codes, q.block, decode, q.absmax)).reshape(q.shape).astype(q.dtype)
+    values = _CODERS[q.mapping][1](q.codes, q.unsigned)
+    values = values * _per_entry(q.absmax, q.codes.size, q.block)
+    return values.reshape(q.shape).astype(q.dtype)
 
 
 def _is_q(x: Any) -> bool:
@@ -340,15 +378,16 @@ def quantized_state(
     _check_args(bits, block, min_size, mapping)
     inner = optax.with_extra_args_support(inner)
 
+    def coded(leaf: Any) -> bool:
+        return (
+            hasattr(leaf, "dtype")
+            and jnp.issubdtype(leaf.dtype, jnp.floating)
+            and np.size(leaf) >= max(min_size, 1)
+        )
+
     def compress(state: Any) -> Any:
         def one(leaf):
-            if (
-                hasattr(leaf, "dtype")
-                and jnp.issubdtype(leaf.dtype, jnp.floating)
-                and np.size(leaf) >= max(min_size, 1)
-            ):
-                return quantize_blocks(leaf, block=block, mapping=mapping)
-            return leaf
+            return quantize_blocks(leaf, block=block, mapping=mapping) if coded(leaf) else leaf
 
         return jax.tree.map(one, state)
 

@@ -247,3 +247,36 @@ def test_8bit_state_keeps_its_saving_in_the_compiled_step():
     float_state = 2 * 4 * 1024 * 1024 * 4  # adam's two float32 moments
     saving = peak(optax.adam(1e-3)) - peak(memory.quantized_state(optax.adam(1e-3)))
     assert saving >= 0.15 * float_state, saving / float_state
+
+
+@pytest.mark.parametrize("n", [784 * 300, 2048 * 3 + 64 * 5, 4096 + 16, 4096 + 8])
+def test_block_ranges_of_rows_and_tails_match_numpy(n):
+    # sizes whose gcd with the block is a row of 64, 16 or 8 entries (below 16: whole
+    # blocks and the tail reduced apart), each with a short last block, and a NaN-free
+    # signed and unsigned tensor; block maxima, the map chosen and the codes against numpy
+    rng = np.random.default_rng(n)
+    for x in (rng.standard_normal(n), rng.standard_normal(n) ** 2):
+        x = (x * 10.0 ** rng.uniform(-4, 0, n)).astype(np.float32)
+        codes, back, absmax = numpy_blockwise(x, 2048, memory.dynamic_map(True),
+                                              memory.dynamic_map(False))
+        q = memory.quantize_blocks(x, block=2048)
+        np.testing.assert_array_equal(np.asarray(q.absmax), absmax.astype(np.float32))
+        assert bool(q.unsigned) == bool(np.all(x >= 0))
+        got = np.asarray(q.codes).astype(int)
+        assert np.mean(got != codes) < 1e-4 and np.all(np.abs(got - codes) <= 1)
+        err = np.abs(np.asarray(memory.dequantize_blocks(q), np.float64) - x)
+        assert np.all(err <= np.abs(back - x) + 1e-6 * np.repeat(absmax, 2048)[:n])
+
+
+def test_linear_rounding_is_round_half_to_even():
+    # the addition that rounds linear codes, against np.rint at every half-integer tie and
+    # its float32 neighbours over the codes' range (every float in [0, 255] agrees too;
+    # that check takes a minute and was run once)
+    from jaxrm.memory import _qstate
+
+    halves = np.arange(0, 255, dtype=np.float32) + np.float32(0.5)
+    t = np.concatenate([halves, np.nextafter(halves, 0), np.nextafter(halves, 256),
+                        np.arange(256, dtype=np.float32), [0.0, 1e-30, 255.0],
+                        np.random.default_rng(0).uniform(0, 255, 10000)]).astype(np.float32)
+    got = np.asarray(jax.jit(_qstate._rint)(jnp.asarray(t)))
+    np.testing.assert_array_equal(got, np.rint(t).astype(np.int32))
