@@ -208,6 +208,7 @@ def parts(n_rounds):
     scales it stores are wrong), so each pass's share of the step shows."""
     import contextlib
 
+    from jaxrm.memory import _qmaps
     from jaxrm.memory import _qstate as q
 
     full_range, full_coders = q._block_range, q._CODERS
@@ -221,7 +222,7 @@ def parts(n_rounds):
     def neither(flat, block):
         return ones_range(flat, block)[0], jnp.asarray(False)
 
-    no_codes = {"dynamic": (lambda v, u: jnp.zeros(v.shape, jnp.uint8), q._dynamic_values)}
+    no_codes = {"dynamic": (lambda v, u: jnp.zeros(v.shape, jnp.uint8), _qmaps._dynamic_values)}
     ablations = {
         "adam 8-bit": {},
         "  less encoding": {"_CODERS": no_codes},

@@ -70,7 +70,6 @@ def _table(counts: np.ndarray, used: np.ndarray, n: int, width: int):
     m = len(used)
     p = precision_for(n, m)
     if m <= _bits.SMALL:  # numpy's per-call cost would be most of the work
-        used_list = used.tolist()
         c = counts[used]
         if (1 << p) % n == 0:  # n a power of two: every share is exact, none rounded
             step = (1 << p) // n
@@ -80,24 +79,23 @@ def _table(counts: np.ndarray, used: np.ndarray, n: int, width: int):
             freq = quantize_list(c.tolist(), p)
             weights = np.array(freq, np.float64)
             weights *= float(1 << (PRECISION - p))
-        weights -= 1.0  # _weights(freq, p), exactly
+        weights -= 1.0  # _weights(freq, p), exactly, without its int64 array
         w = bit_width(max(freq) - 1)
         stored = _bits.pack_list(freq, w, minus=1)
-        a = used_list[-1] + 1
-        if a <= m * width:
-            table = b"\x00" + _bits.varint(a) + np.packbits(counts[:a] > 0).tobytes()
-        else:
-            table = b"\x01" + _bits.varint(m) + _bits.pack_list(used_list, width)
-        return _MARK + table + bytes((p, w)) + stored, weights
-    freq = quantize(counts[used], p, positive=True)
-    w = bit_width(int(freq.max()) - 1)
-    stored = pack_fixed(freq - 1, w)
-    a = int(used[-1]) + 1
-    if a <= m * width:
-        table = b"\x00" + _bits.varint(a) + np.packbits(counts[:a] > 0).tobytes()
     else:
-        table = b"\x01" + _bits.varint(m) + pack_fixed(used, width)
-    return _MARK + table + bytes((p, w)) + stored, _weights(freq, p)
+        freq = quantize(counts[used], p, positive=True)
+        w = bit_width(int(freq.max()) - 1)
+        stored = pack_fixed(freq - 1, w)
+        weights = _weights(freq, p)
+    return _MARK + _symbol_table(counts, used, width) + bytes((p, w)) + stored, weights
+
+
+def _symbol_table(counts: np.ndarray, used: np.ndarray, width: int) -> bytes:
+    """The used symbols: a bitmap up to the last one, or their list where that is shorter."""
+    a = int(used[-1]) + 1
+    if a <= len(used) * width:
+        return b"\x00" + _bits.varint(a) + np.packbits(counts[:a] > 0).tobytes()
+    return b"\x01" + _bits.varint(len(used)) + pack_fixed(used, width)
 
 
 def _degenerate(used, width: int) -> bytes:

@@ -204,7 +204,8 @@ def floor_bytes(counts: np.ndarray, width: int) -> int:
     the lane offsets, from the histogram alone (no coding)."""
     lengths = code_lengths(counts)
     total = int((counts * lengths).sum())
-    return len(_table(lengths, width, counts)) + 10 + -(-total // 8)
+    fixed = 4 + 1 + 4 + 1  # lane count, offset width, offset base, final pad bits
+    return len(_table(lengths, width, counts)) + fixed + -(-total // 8)
 
 
 def encode(

@@ -81,6 +81,16 @@ def decode(data: bytes | memoryview, meta: dict) -> np.ndarray:
     return out
 
 
+def _table_bits(alphabet, used, width):
+    """Estimated bits of a stream's table (scalars or arrays of streams)."""
+    return np.minimum(alphabet * 5, used * (width + 5)) + 80
+
+
+def _ans_bits(entropy, table):
+    """Estimated bits of a rANS section: entropy, coder overhead and its tables."""
+    return entropy * 1.004 + table * 3
+
+
 def estimate_bits(counts: np.ndarray, codec: str, *, or_huffman: bool = False) -> float:
     """Estimated coded size in bits of a stream with histogram ``counts``.
 
@@ -96,12 +106,12 @@ def estimate_bits(counts: np.ndarray, codec: str, *, or_huffman: bool = False) -
     n = int(c.sum())
     if n == 0:
         return 0.0
-    table = min(alphabet * 5, used * (width + 5)) + 80
+    table = int(_table_bits(alphabet, used, width))
     cf = c.astype(np.float64)
     entropy = float(-(cf * np.log2(cf / n)).sum())
     if used > 4096:  # rANS falls back to Huffman here; building the code would be slow
         return entropy + 0.03 * n + table
-    ans = entropy * 1.004 + table * 3
+    ans = _ans_bits(entropy, table)
     if codec == "ans" and not or_huffman:  # no Huffman code to build
         return ans
     huffman = _huffman.cost(c) + table
@@ -123,10 +133,10 @@ def estimate_rows(hists: np.ndarray, alphabets: list[int], codec: str) -> np.nda
     cf = hists.astype(np.float64)
     share = cf / np.maximum(n, 1)[:, None]
     entropy = -(cf * np.log2(np.where(cf > 0, share, 1.0))).sum(axis=1)
-    table = np.minimum(alphabet * 5, used * (width + 5)) + 80
+    table = _table_bits(alphabet, used, width)
     apart = (n == 0) | (used > 4096) | (alphabet > MAX_ENTROPY_ALPHABET)  # other formulas
     if codec == "ans":
-        out = entropy * 1.004 + table * 3
+        out = _ans_bits(entropy, table)
     else:
         out = table.astype(np.float64)
         for i in np.flatnonzero(~apart):

@@ -77,20 +77,20 @@ def brute_nearest(v, table):
 def test_dynamic_codes_are_the_nearest_code_at_every_cell_edge():
     # the table lookup against a brute-force argmin on every cell's edges and on the
     # codes' midpoints and their float32 neighbours, for both maps and signs
-    from jaxrm.memory import _qstate
+    from jaxrm.memory import _qmaps
 
     for unsigned in (False, True):
         table = memory.dynamic_map(not unsigned)
         mags = table[table >= 0].astype(np.float64)
         mids = ((mags[:-1] + mags[1:]) / 2).astype(np.float32)
-        cells = (np.arange(_qstate._FIRST, _qstate._FIRST + _qstate._CELLS) << _qstate._SHIFT)
+        cells = (np.arange(_qmaps._FIRST, _qmaps._FIRST + _qmaps._CELLS) << _qmaps._SHIFT)
         edges = cells.astype(np.int32).view(np.float32)
         v = np.concatenate([edges, np.nextafter(edges, 0), mids, np.nextafter(mids, 0),
                             np.nextafter(mids, 1), [0.0, 1e-30, 1.0]]).astype(np.float32)
         v = v[(v >= 0) & (v <= 1)]
         if not unsigned:
             v = np.concatenate([v, -v[v > 0]])
-        got = np.asarray(_qstate._dynamic_codes(jnp.asarray(v), jnp.asarray(unsigned)))
+        got = np.asarray(_qmaps._dynamic_codes(jnp.asarray(v), jnp.asarray(unsigned)))
         want = brute_nearest(v, table)
         if unsigned:
             want = np.where((v > 0) & (want == 0), 1, want)  # positives stay positive
@@ -272,11 +272,11 @@ def test_linear_rounding_is_round_half_to_even():
     # the addition that rounds linear codes, against np.rint at every half-integer tie and
     # its float32 neighbours over the codes' range (every float in [0, 255] agrees too;
     # that check takes a minute and was run once)
-    from jaxrm.memory import _qstate
+    from jaxrm.memory import _qmaps
 
     halves = np.arange(0, 255, dtype=np.float32) + np.float32(0.5)
     t = np.concatenate([halves, np.nextafter(halves, 0), np.nextafter(halves, 256),
                         np.arange(256, dtype=np.float32), [0.0, 1e-30, 255.0],
                         np.random.default_rng(0).uniform(0, 255, 10000)]).astype(np.float32)
-    got = np.asarray(jax.jit(_qstate._rint)(jnp.asarray(t)))
+    got = np.asarray(jax.jit(_qmaps._rint)(jnp.asarray(t)))
     np.testing.assert_array_equal(got, np.rint(t).astype(np.int32))
