@@ -264,6 +264,43 @@ def _sparsify_steps(params, grads):
     return out
 
 
+def _first_call(fn, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(jax.jit(fn)(*args))
+    return time.perf_counter() - start
+
+
+def _yardstick_compiles(params) -> tuple[float, float]:
+    """First-call times of two yardsticks for the refreshing step's compile.
+
+    * The least a refresh inside the step can be: the same ``lax.cond`` on the
+      same state, whose refresh branch ranks the masked magnitudes of all
+      leaves at once (one concatenation, a comparison with each row's maximum
+      in place of the exact selection) and cuts the flags back into leaves as
+      ``sparsify`` does. What it costs is the per-leaf part of any refresh.
+    * A step whose masks never change (``prune.static``): the masked update alone.
+    """
+    from jaxrm.prune._select import _cut
+
+    leaves = jax.tree.leaves(params)
+    shapes = [x.shape for x in leaves]
+
+    def minimal(ps, gs, ms, count):
+        def refresh():
+            rows = jnp.concatenate([jnp.where(m, jnp.abs(p), -1.0).reshape(1, -1)
+                                    for m, p in zip(ms, ps)])
+            flags = rows >= 0.5 * jnp.max(rows, axis=1, keepdims=True)
+            return [f.reshape(s) for f, s in zip(_cut(flags, [1] * len(ps)), shapes)]
+        new = jax.lax.cond(count == 0, refresh, lambda: list(ms))
+        return [jnp.where(m, g, -p) for m, g, p in zip(new, gs, ps)], new
+
+    masks = [jnp.ones(s, bool) for s in shapes]
+    floor = _first_call(minimal, leaves, leaves, masks, jnp.int32(0))
+    tx = prune.static(optax.sgd(0.0), 0.9, key=jax.random.key(0), init="uniform")
+    fixed = _first_call(tx.update, params, tx.init(params), params)
+    return floor, fixed
+
+
 def refresh_scaling(n_rounds: int, sizes: tuple[int, ...], leaf_counts: tuple[int, ...]) -> None:
     """``sparsify`` mask refresh under ``jit``: time against the weights (4 square leaves),
     the memcpy yardstick, the fitted exponent, and compile time against the leaf count."""
@@ -292,8 +329,10 @@ def refresh_scaling(n_rounds: int, sizes: tuple[int, ...], leaf_counts: tuple[in
         params = {f"Dense_{i}": {"kernel": jnp.ones((128, 128), jnp.float32)}
                   for i in range(leaves)}
         steps = _sparsify_steps(params, params)
+        floor, fixed = _yardstick_compiles(params)
         print(f"  {leaves:4d} leaves of 128x128: first refreshing step (compile) "
-              f"{steps['refresh compile']:.2f} s")
+              f"{steps['refresh compile']:.2f} s; minimal refresh {floor:.2f} s; "
+              f"fixed masks {fixed:.2f} s")
     print(f"  ({load()})")
     print()
 
