@@ -21,8 +21,8 @@ from jaxrm import tree as jtree
 from jaxrm.prune import _patterns
 
 __all__ = [
-    "SCOPES", "Plan", "check_scope", "check_sparsity", "is_scalar", "is_traced", "kept_counts",
-    "plan", "sparsities",
+    "SCOPES", "Plan", "RowCounts", "check_scope", "check_sparsity", "is_scalar", "is_traced",
+    "kept_counts", "plan", "row_counts", "sparsities",
 ]
 
 SCOPES = ("layer", "global")
@@ -135,6 +135,58 @@ def kept_counts(sparsities: list, ns: list[int]) -> list:
         for j, i in enumerate(traced):
             out[i] = counts[j]
     return out
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RowCounts:
+    """Kept counts of the slices of several leaves, held as one traced vector.
+
+    Under ``jit`` a count per leaf would be a static slice of the counts
+    computed together, and XLA compiles each static slice as a kernel of its
+    own: the compile then grew with the number of leaves. The counts stay one
+    vector until the selection reads the rows of one length (one gather).
+
+    Attributes:
+      per_leaf: ``(leaves,)`` int32, the count of every slice of each leaf.
+      slices: each leaf's number of slices (static).
+    """
+
+    per_leaf: jax.Array
+    slices: tuple[int, ...] = dataclasses.field(metadata={"static": True})
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, i: int) -> jax.Array:
+        """Leaf ``i``'s ``(slices,)`` counts (a slice of its own: for the rare paths)."""
+        return jnp.full((self.slices[i],), self.per_leaf[i], jnp.int32)
+
+    def subset(self, leaves: list[int]) -> RowCounts:
+        """The counts of ``leaves`` (positions in this vector), in that order."""
+        if list(leaves) == list(range(len(self))):
+            return self
+        return RowCounts(self.per_leaf[np.asarray(leaves, np.int32)],
+                         tuple(self.slices[i] for i in leaves))
+
+    def rows(self, leaves: list[int]) -> jax.Array:
+        """The counts of every row of ``leaves``, concatenated (one gather)."""
+        if list(leaves) == list(range(len(self))) and all(n == 1 for n in self.slices):
+            return self.per_leaf
+        index = np.repeat(np.asarray(leaves, np.int32), [self.slices[i] for i in leaves])
+        return self.per_leaf[index]
+
+
+def row_counts(sparsities: Any, units: list[int], slices: list[int]) -> RowCounts:
+    """``round((1 - s) * n)`` of each leaf in the program, as one vector (see `RowCounts`).
+
+    ``sparsities`` is a ``(leaves,)`` array or a list of (possibly traced) scalars.
+    """
+    if isinstance(sparsities, list | tuple):
+        sparsities = jnp.stack([jnp.asarray(s, jnp.float32).reshape(()) for s in sparsities])
+    s = jnp.asarray(sparsities, jnp.float32).reshape(-1)
+    counts = _exact_counts_device(s, np.asarray(units, np.int64))
+    return RowCounts(counts, tuple(int(n) for n in slices))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,8 @@ def _counts(p: Plan, sparsities: list, scope: str) -> Any:
     if scope == "global":
         total = sum(u * lay.n_slices for u, lay in zip(units, p.layouts))
         return _leaves.kept_counts([sparsities[0]], [total])[0]
+    if not isinstance(sparsities, list) or any(_leaves.is_traced(s) for s in sparsities):
+        return _leaves.row_counts(sparsities, units, [lay.n_slices for lay in p.layouts])
     out = []
     for k, lay in zip(_leaves.kept_counts(sparsities, units), p.layouts):
         if isinstance(k, int):
@@ -73,8 +75,9 @@ def _compute(leaves, ks, layouts, patterns, scope, host, common=0.0):
             flags = _select.select([r.reshape(-1) for r in rows], ks, "global", host=host,
                                    common=common)
         else:
-            flags = _select.select(rows, [ks[i] for i in ranked], "layer", host=host,
-                                   common=common)
+            ranked_ks = (ks.subset(ranked) if isinstance(ks, _leaves.RowCounts)
+                         else [ks[i] for i in ranked])
+            flags = _select.select(rows, ranked_ks, "layer", host=host, common=common)
         for i, f, r in zip(ranked, flags, rows):
             out[i] = _mask_of(f.reshape(r.shape), leaves[i], layouts[i], patterns[i], scope)
     return out
@@ -103,7 +106,12 @@ def compute(
         # Eager on CPU: the numpy selection on views, no compilation.
         out = _compute([np.asarray(x) for x in leaves], ks, p.layouts, p.patterns, scope, True)
         return [jax.device_put(m) for m in out]  # jnp.asarray would compile once per shape
-    ks_arg = jnp.asarray(ks, jnp.int32) if scope == "global" else [jnp.asarray(k) for k in ks]
+    if scope == "global":
+        ks_arg = jnp.asarray(ks, jnp.int32)
+    elif isinstance(ks, _leaves.RowCounts):
+        ks_arg = ks
+    else:
+        ks_arg = [jnp.asarray(k) for k in ks]
     return _compute_jit(tuple(leaves), ks_arg, p.layouts, p.patterns, scope, host, common)
 
 

@@ -172,8 +172,23 @@ class _Config:
     every: int | None
 
 
-def _fresh_masks(cfg: _Config, params, grads, count, old: list, wanted: list) -> list:
-    """New masks, one entry per leaf of ``params`` (``None`` where not pruned)."""
+def wanted_sparsities(level, targets: list, old: list):
+    """``level * target`` of each pruned leaf, as one vector.
+
+    A scalar per leaf was several tiny kernels per leaf for XLA to compile
+    (see ``_leaves.RowCounts``); ``[]`` when nothing is pruned.
+    """
+    picked = [t for t, m in zip(targets, old) if m is not None]
+    if not picked:
+        return []
+    return level * jnp.stack([jnp.asarray(t, jnp.float32).reshape(()) for t in picked])
+
+
+def _fresh_masks(cfg: _Config, params, grads, count, old: list, wanted) -> list:
+    """New masks, one entry per leaf of ``params`` (``None`` where not pruned).
+
+    ``wanted`` is the pruned leaves' sparsities (a vector or a list of scalars).
+    """
     p = _leaves.plan(cfg.scores_of(params, grads, count), cfg.where, pattern=cfg.pattern,
                      stacked=cfg.stacked)
     leaves = p.leaves
@@ -227,8 +242,8 @@ def _update(cfg: _Config, inner, updates, state: SparsifyState, params, extra_ar
     refresh = (count == 0) | (level != before)
     if cfg.every is not None:
         refresh = refresh | (count % cfg.every == 0)
-    wanted = [level * t for t, m in zip(targets, old) if m is not None]
-    bad = jnp.any(jnp.stack([~((s >= 0) & (s < 1)) for s in wanted])) if wanted else False
+    wanted = wanted_sparsities(level, targets, old)
+    bad = jnp.any(~((wanted >= 0) & (wanted < 1))) if len(wanted) else False
 
     # The masks are settled before the inner update, so on ordinary steps the
     # masking below fuses with the optimizer's own elementwise math.

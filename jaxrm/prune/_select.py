@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrm.prune import _radix
+from jaxrm.prune import _leaves, _radix
 
 __all__ = ["select"]
 
@@ -136,7 +136,10 @@ def _device_rows(rows, ks, common: float = 0.0) -> list[jax.Array]:
 
     for n, idx in by_n.items():
         scores = jnp.concatenate([rows[i].astype(jnp.float32) for i in idx])
-        k = jnp.concatenate([jnp.asarray(ks[i], jnp.int32).reshape(-1) for i in idx])
+        if isinstance(ks, _leaves.RowCounts):
+            k = ks.rows(idx)
+        else:
+            k = jnp.concatenate([jnp.asarray(ks[i], jnp.int32).reshape(-1) for i in idx])
 
         def one(row, kk, scores=scores):
             return _radix.threshold([(scores, row, 0)], kk, common)
@@ -227,6 +230,8 @@ def select(units: list, ks, scope: str, *, host: bool = True, common: float = 0.
     Returns:
       ``bool`` arrays of ``units``' shapes.
     """
+    if isinstance(ks, _leaves.RowCounts) and (host or scope == "global"):
+        ks = [ks[i] for i in range(len(ks))]  # the host paths take a count array per unit
     ks_list = [ks] if scope == "global" else list(ks)
     concrete = _concrete_on_cpu(list(units)) and not any(
         isinstance(k, jax.core.Tracer) for k in ks_list

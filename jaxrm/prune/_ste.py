@@ -109,7 +109,7 @@ def ste(
         level = jnp.asarray(schedule(step), jnp.float32)
         before = jnp.asarray(schedule(jnp.maximum(step - 1, 0)), jnp.float32)
         refresh = (step == 0) | (step % every == 0) | (level != before)
-        wanted = [level * t for t, m in zip(targets, old) if m is not None]
+        wanted = _optax.wanted_sparsities(level, targets, old)
         return jax.lax.cond(
             refresh, lambda: _optax._fresh_masks(cfg, dense, grads, step, old, wanted),
             lambda: list(old),

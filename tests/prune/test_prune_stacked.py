@@ -239,3 +239,49 @@ def test_sparsify_on_a_scanned_stack_keeps_per_slice_targets():
     bad = prune.sparsify(optax.sgd(0.0), optax.constant_schedule(1.5), where="head/kernel")
     _, s2 = jax.jit(bad.update)(grads, bad.init(params), params)
     assert bool(s2.clamped) and not np.asarray(prune.masks_of(s2)["head"]["kernel"]).any()
+
+
+def test_sparsify_first_masks_match_eager_masks_across_shapes_slices_and_patterns():
+    """Per-leaf targets travel as one vector under jit (``RowCounts``); the masks of the
+    first step must be ``prune.masks`` of the same weights, leaf by leaf: a stacked
+    leaf, leaves of other row lengths and an N:M leaf in one tree."""
+    rng = np.random.default_rng(3)
+    params = {
+        "stack": {"kernel": jnp.asarray(rng.normal(size=(3, 8, 16)), jnp.float32)},
+        "a": {"kernel": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)},
+        "b": {"kernel": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)},
+        "c": {"kernel": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32)},
+        "nm": {"kernel": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32)},
+    }
+    sparsity = [("stack", 0.3), ("a/", 0.6), ("b/", 0.1), ("c/", 0.45), ("nm", 0.5)]
+    stacked = [("stack", (0,)), (".", ())]
+    pattern = [("nm", prune.nm(2, 4)), (".", None)]
+    opt = prune.sparsify(optax.sgd(0.0), optax.constant_schedule(1.0), sparsity=sparsity,
+                         stacked=stacked, pattern=pattern)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    _, state = jax.jit(opt.update)(grads, opt.init(params), params)
+    got = prune.masks_of(state)
+    want = prune.masks(prune.magnitude(params), sparsity, stacked=stacked, pattern=pattern)
+    for name in params:
+        np.testing.assert_array_equal(np.asarray(got[name]["kernel"]),
+                                      np.asarray(want[name]["kernel"]), err_msg=name)
+
+
+def test_row_counts_rows_are_each_leafs_counts_repeated():
+    """The one-vector counts against ``kept_counts`` in exact rational arithmetic, for
+    subsets and orders of leaves with 1 to 4 slices each."""
+    from jaxrm.prune import _leaves
+
+    rng = np.random.default_rng(0)
+    slices = [1, 3, 2, 1, 4]
+    units = [int(u) for u in rng.integers(1, 1000, len(slices))]
+    s = [0.0, 0.35, 0.5, 0.05, 0.99]
+    rc = _leaves.row_counts(jnp.asarray(s, jnp.float32), units, slices)
+    exact = _leaves.kept_counts([float(np.float32(v)) for v in s], units)
+    for leaves in ([0, 1, 2, 3, 4], [4, 2, 0], [3], [1, 3]):
+        want = np.concatenate([np.full(slices[i], exact[i]) for i in leaves])
+        np.testing.assert_array_equal(np.asarray(rc.rows(leaves)), want)
+        sub = rc.subset(leaves)
+        np.testing.assert_array_equal(np.asarray(sub.rows(list(range(len(leaves))))), want)
+    for i in range(len(slices)):
+        np.testing.assert_array_equal(np.asarray(rc[i]), np.full(slices[i], exact[i]))
