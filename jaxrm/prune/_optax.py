@@ -243,7 +243,7 @@ def _update(cfg: _Config, inner, updates, state: SparsifyState, params, extra_ar
     if cfg.every is not None:
         refresh = refresh | (count % cfg.every == 0)
     wanted = wanted_sparsities(level, targets, old)
-    bad = jnp.any(~((wanted >= 0) & (wanted < 1))) if len(wanted) else False
+    bad = False if isinstance(wanted, list) else jnp.any(~((wanted >= 0) & (wanted < 1)))
 
     # The masks are settled before the inner update, so on ordinary steps the
     # masking below fuses with the optimizer's own elementwise math.
