@@ -102,7 +102,9 @@ def compute(
     ks_list = [ks] if scope == "global" else ks
     eager = (host and all(pat is None or isinstance(pat, _patterns.NM) for pat in p.patterns)
              and _select._concrete_on_cpu(leaves))
-    if eager and not any(_leaves.is_traced(k) for k in ks_list):
+    if eager and not isinstance(ks, _leaves.RowCounts) and not any(
+        _leaves.is_traced(k) for k in ks_list
+    ):
         # Eager on CPU: the numpy selection on views, no compilation.
         out = _compute([np.asarray(x) for x in leaves], ks, p.layouts, p.patterns, scope, True)
         return [jax.device_put(m) for m in out]  # jnp.asarray would compile once per shape

@@ -232,7 +232,10 @@ def select(units: list, ks, scope: str, *, host: bool = True, common: float = 0.
     """
     if isinstance(ks, _leaves.RowCounts) and (host or scope == "global"):
         ks = [ks[i] for i in range(len(ks))]  # the host paths take a count array per unit
-    ks_list = [ks] if scope == "global" else list(ks)
+    if isinstance(ks, _leaves.RowCounts):
+        ks_list = [ks.per_leaf]  # (its pieces would be dead code in the program)
+    else:
+        ks_list = [ks] if scope == "global" else list(ks)
     concrete = _concrete_on_cpu(list(units)) and not any(
         isinstance(k, jax.core.Tracer) for k in ks_list
     )
