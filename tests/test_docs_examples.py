@@ -1,9 +1,10 @@
 """The Python examples of the docs run as written.
 
 Each page's ``python`` blocks run in order, as one program, in a fresh
-process from the repository root (later blocks build on earlier ones, as a
-reader would type them). ``docs/memory.md`` runs on 8 simulated CPU devices,
-for its mesh of ``data=2, fsdp=4``.
+process (later blocks build on earlier ones, as a reader would type them), in
+a fresh directory where ``experiments/`` is the repository's.
+``docs/memory.md`` runs on 8 simulated CPU devices, for its mesh of
+``data=2, fsdp=4``.
 """
 
 import os
@@ -34,22 +35,25 @@ def program(page: str) -> str:
     return head + "\n\n".join(textwrap.dedent(b) for b in blocks)
 
 
-def run(page: str) -> None:
+def run(page: str, where: pathlib.Path) -> None:
+    # In a fresh directory (the examples write files such as model.jrm) that sees the
+    # repository's committed results at the paths the docs name.
+    (where / "experiments").symlink_to(ROOT / "experiments")
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", program(page)], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", program(page)], cwd=where, capture_output=True,
                           text=True, timeout=600, env=env)
     assert done.returncode == 0, f"{page}:\n{done.stderr[-4000:]}"
 
 
 @pytest.mark.parametrize("page", FAST)
-def test_page_examples_run(page):
-    run(page)
+def test_page_examples_run(page, tmp_path):
+    run(page, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("page", SLOW)
-def test_long_page_examples_run(page):
-    run(page)
+def test_long_page_examples_run(page, tmp_path):
+    run(page, tmp_path)
 
 
 def test_every_page_with_examples_is_checked():
