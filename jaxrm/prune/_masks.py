@@ -23,8 +23,9 @@ from jaxrm.prune._leaves import Plan
 __all__ = ["apply", "compute", "masks", "threshold"]
 
 
-def _counts(p: Plan, sparsities: list, scope: str) -> Any:
-    """Kept units: one ``(n_slices,)`` array per leaf (``"layer"``) or one count (``"global"``)."""
+def _counts(p: Plan, sparsities: Any, scope: str) -> Any:
+    """Kept units: one ``(n_slices,)`` array per leaf (``"layer"``; one ``RowCounts`` for
+    traced sparsities) or one count (``"global"``)."""
     units = [_patterns.unit_count(pat, lay.slice_shape) for lay, pat in zip(p.layouts, p.patterns)]
     if scope == "global":
         total = sum(u * lay.n_slices for u, lay in zip(units, p.layouts))
@@ -84,10 +85,10 @@ def _compute(leaves, ks, layouts, patterns, scope, host, common=0.0):
 
 
 def compute(
-    p: Plan, sparsities: list, scope: str, *, host: bool = True, leaves: list | None = None,
+    p: Plan, sparsities: Any, scope: str, *, host: bool = True, leaves: list | None = None,
     common: float = 0.0,
 ) -> list:
-    """The picked leaves' masks (sparsities already checked).
+    """The picked leaves' masks (sparsities already checked: a list, or a traced vector).
 
     N:M leaves are ranked within their groups, so ``scope="global"`` ranks
     only the other leaves together. ``leaves`` replaces the plan's score

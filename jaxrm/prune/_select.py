@@ -217,7 +217,8 @@ def select(units: list, ks, scope: str, *, host: bool = True, common: float = 0.
       units: score arrays; with ``scope="layer"`` each is ``(rows, n)`` and each
         row keeps its own count, with ``"global"`` they rank together.
       ks: with ``"layer"``, one ``(rows,)`` int array of counts per entry of
-        ``units``; with ``"global"``, one count.
+        ``units``, or all of them as one ``_leaves.RowCounts``; with
+        ``"global"``, one count.
       scope: ``"layer"`` or ``"global"``.
       host: allow the numpy selection (eager, or a host callback under ``jit``
         on CPU). XLA's CPU reductions and scatters are much slower than
@@ -230,10 +231,10 @@ def select(units: list, ks, scope: str, *, host: bool = True, common: float = 0.
     Returns:
       ``bool`` arrays of ``units``' shapes.
     """
-    if isinstance(ks, _leaves.RowCounts) and (host or scope == "global"):
+    if isinstance(ks, _leaves.RowCounts) and host:
         ks = [ks[i] for i in range(len(ks))]  # the host paths take a count array per unit
-    if isinstance(ks, _leaves.RowCounts):
-        ks_list = [ks.per_leaf]  # (its pieces would be dead code in the program)
+    if isinstance(ks, _leaves.RowCounts):  # (only "layer" counts come as one vector)
+        ks_list = [ks.per_leaf]  # its pieces would be dead code in the program
     else:
         ks_list = [ks] if scope == "global" else list(ks)
     concrete = _concrete_on_cpu(list(units)) and not any(
